@@ -1,0 +1,307 @@
+"""Cut a Keras model into a bundle: one TFLite head and one Keras tail per split.
+
+`plan()` finds and selects the splits (cheap: graph analysis only); `convert()` writes the bundle
+atomically (built in a temporary directory beside the target, then renamed), so a failed or
+interrupted run never leaves a half-written bundle behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from converter import graph as G
+from converter.export import ExportError, to_tflite
+from converter.flops import layer_flops
+from edge_runtime.interpreter import load_interpreter, run_once
+from edge_runtime.manifest import (
+    INPUT_SPLIT,
+    MANIFEST_FILE,
+    Manifest,
+    ModelInfo,
+    Split,
+    write_json_atomic,
+)
+
+CONVERTER_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Knobs for `convert`; the defaults convert every candidate split."""
+
+    splits: tuple[str, ...] | None = None  # names to keep (`input` is always kept)
+    max_splits: int | None = None  # spread by compute when set
+    int8: bool = False  # also write post-training-quantized int8 heads
+    representative: Callable[[], Iterable[np.ndarray]] | None = None  # for int8
+    verify_samples: int = 2
+    rtol: float = 1e-3  # max error relative to the output's largest magnitude
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A single-tensor cut, before conversion."""
+
+    name: str
+    layer: str
+    node: int  # index in the flat graph, -1 for the input
+    tensor: int
+    shape: tuple[int, ...]
+    head_flops: int
+    tail_flops: int
+
+
+@dataclass
+class Plan:
+    model: Any  # the canonical (static-shape, flattened) Keras model
+    graph: G.FlatGraph
+    candidates: list[Candidate]
+    selected: list[Candidate]
+    full_flops: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(model: Any, options: ConvertOptions = ConvertOptions(), input_shape=None) -> Plan:
+    """Find every single-tensor cut of `model` and select the ones to convert."""
+    import keras
+
+    G.check_supported(model)
+    shape = tuple(input_shape) if input_shape else tuple(model.inputs[0].shape[1:])
+    if any(d is None for d in shape):
+        raise G.UnsupportedModelError(
+            f"Model {model.name!r} has a dynamic input shape {shape}; heads need static shapes. "
+            "Pass --input-shape H,W,C."
+        )
+    source_graph = G.flatten(model)
+    x = keras.Input(shape=shape, name="input", dtype="float32")
+    y = G.replay(source_graph, source_graph.source, x, source_graph.sink)
+    canonical = keras.Model(x, y, name=model.name)
+    graph = G.flatten(canonical)
+    shapes = graph.shapes()
+    output_shape = tuple(int(d) for d in canonical.outputs[0].shape[1:])
+
+    node_flops = [
+        layer_flops(n.operation, [shapes[t] for t in n.inputs], [shapes[t] for t in n.outputs])
+        for n in graph.nodes
+    ]
+    full_flops = int(sum(node_flops))
+    cuts = G.single_tensor_cuts(graph.node_inputs, graph.node_outputs, graph.source, graph.sink)
+    candidates = []
+    for node, tensor in cuts:
+        head = G.ancestors_of(graph.node_inputs, graph.node_outputs, tensor)
+        head_flops = int(sum(node_flops[i] for i in head))
+        name = INPUT_SPLIT if node < 0 else graph.nodes[node].name
+        candidates.append(
+            Candidate(
+                name=name,
+                layer="input" if node < 0 else graph.nodes[node].name,
+                node=node,
+                tensor=tensor,
+                shape=tuple(int(d) for d in shapes[tensor][1:]),
+                head_flops=head_flops,
+                tail_flops=full_flops - head_flops,
+            )
+        )
+    selected = _select(candidates, options, full_flops)
+    return Plan(canonical, graph, candidates, selected, full_flops, shape, output_shape)
+
+
+def convert(
+    model: Any,
+    out_dir: str | os.PathLike,
+    *,
+    source_sha256: str,
+    name: str | None = None,
+    labels: Sequence[str] = (),
+    options: ConvertOptions = ConvertOptions(),
+    input_shape=None,
+) -> Manifest:
+    """Write a bundle for `model` to `out_dir` (replaced atomically) and return its manifest."""
+    import keras
+
+    started = time.perf_counter()
+    p = plan(model, options, input_shape)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (work / "heads").mkdir()
+        (work / "tails").mkdir()
+        if options.int8:
+            (work / "heads_int8").mkdir()
+        rng = np.random.default_rng(options.seed)
+        samples = rng.uniform(0, 255, size=(options.verify_samples, *p.input_shape)).astype(np.float32)
+        reference = np.concatenate([np.asarray(p.model(s[None], training=False)) for s in samples])
+
+        full_bytes = to_tflite(p.model, p.input_shape)
+        (work / "full.tflite").write_bytes(full_bytes)
+        full_err = _compare(reference, _run_tflite(full_bytes, samples))
+
+        splits, skipped = [], []
+        progress = _progress(p.selected, options.progress, "converting splits")
+        for cand in progress:
+            if options.progress:
+                progress.set_postfix_str(cand.name[:28])
+            try:
+                splits.append(_convert_split(p, cand, work, samples, reference, options, len(splits)))
+            except (ExportError, G.UnsupportedModelError, _VerifyError, ValueError) as e:
+                skipped.append({"name": cand.name, "reason": str(e).splitlines()[0][:300]})
+        if not any(s.name == INPUT_SPLIT for s in splits):
+            raise G.UnsupportedModelError(
+                f"The cloud-only tail could not be built: {skipped[0]['reason'] if skipped else '?'}"
+            )
+        manifest = Manifest(
+            model=ModelInfo(
+                name=name or model.name,
+                sha256=source_sha256,
+                input_shape=p.input_shape,
+                input_dtype="float32",
+                output_shape=p.output_shape,
+                labels=tuple(labels),
+            ),
+            full="full.tflite",
+            full_flops=p.full_flops,
+            splits=tuple(splits),
+            skipped=tuple(skipped),
+            converter={
+                "version": CONVERTER_VERSION,
+                "keras": keras.__version__,
+                "candidates": len(p.candidates),
+                "seconds": round(time.perf_counter() - started, 1),
+                "full_verify": full_err,
+                "rtol": options.rtol,
+            },
+        )
+        write_json_atomic(work / MANIFEST_FILE, manifest.to_dict())
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+class _VerifyError(ValueError):
+    pass
+
+
+def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, options, index) -> Split:
+    import keras
+
+    file_stem = safe_filename(cand.name)
+    if cand.node < 0:
+        head_path, activations = None, samples
+        tail_model = p.model
+    else:
+        x = keras.Input(shape=p.input_shape, batch_size=1, name="input")
+        head_model = keras.Model(x, G.replay(p.graph, p.graph.source, x, cand.tensor), name=f"head_{file_stem}")
+        flatbuffer = to_tflite(head_model, p.input_shape)
+        head_path = f"heads/{file_stem}.tflite"
+        (work / head_path).write_bytes(flatbuffer)
+        activations = _run_tflite(flatbuffer, samples)
+        t = keras.Input(shape=cand.shape, name="activation")
+        tail_model = keras.Model(t, G.replay(p.graph, cand.tensor, t, p.graph.sink), name=f"tail_{file_stem}")
+    tail_path = f"tails/{file_stem}.keras"
+    tail_model.save(work / tail_path)
+    got = np.concatenate([np.asarray(tail_model(a[None], training=False)) for a in activations])
+    err = _compare(reference, got)
+    if not err["max_rel_err"] <= options.rtol:
+        raise _VerifyError(
+            f"head+tail differs from the model: max relative error {err['max_rel_err']:.3g} "
+            f"> {options.rtol:g} (max abs {err['max_abs_err']:.3g})"
+        )
+    head_int8 = None
+    if options.int8 and cand.node >= 0:
+        rep = options.representative or _random_representative(p.input_shape, options.seed)
+        flatbuffer = to_tflite(head_model, p.input_shape, representative=rep)
+        head_int8 = f"heads_int8/{file_stem}.tflite"
+        (work / head_int8).write_bytes(flatbuffer)
+    return Split(
+        name=cand.name,
+        index=index,
+        layer=cand.layer,
+        shape=cand.shape,
+        dtype="float32",
+        head=head_path,
+        tail=tail_path,
+        head_flops=cand.head_flops,
+        tail_flops=cand.tail_flops,
+        verify=err,
+        head_int8=head_int8,
+    )
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _select(candidates: list[Candidate], options: ConvertOptions, full_flops: int) -> list[Candidate]:
+    chosen = candidates
+    if options.splits is not None:
+        by_name = {c.name: c for c in candidates}
+        unknown = [s for s in options.splits if s not in by_name]
+        if unknown:
+            raise ValueError(
+                f"Unknown split(s) {unknown}. Expected names among the {len(candidates)} "
+                f"candidates: {', '.join(c.name for c in candidates[:40])}"
+                f"{' ...' if len(candidates) > 40 else ''} (see --list)."
+            )
+        wanted = set(options.splits) | {INPUT_SPLIT}
+        chosen = [c for c in candidates if c.name in wanted]
+    if options.max_splits is not None:
+        if options.max_splits < 1:
+            raise ValueError(f"Expected max_splits >= 1. Received: max_splits={options.max_splits}")
+        keep = G.spread_by_compute([c.head_flops for c in chosen], full_flops, options.max_splits)
+        chosen = [chosen[i] for i in keep]
+    return chosen
+
+
+def _run_tflite(flatbuffer: bytes, samples: np.ndarray) -> np.ndarray:
+    interpreter, _ = load_interpreter(model_content=flatbuffer)
+    return np.concatenate([run_once(interpreter, s[None].astype(np.float32)) for s in samples])
+
+
+def _compare(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    reference = reference.astype(np.float64)
+    got = got.astype(np.float64).reshape(reference.shape)
+    max_abs = float(np.max(np.abs(reference - got)))
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return {"max_abs_err": max_abs, "max_rel_err": max_abs / scale}
+
+
+def _random_representative(shape, seed):
+    def gen():
+        rng = np.random.default_rng(seed + 1)
+        for _ in range(16):
+            yield rng.uniform(0, 255, size=(1, *shape)).astype(np.float32)
+
+    return gen
+
+
+def _progress(items, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="split", dynamic_ncols=True)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into place of `target`; the old bundle is removed only after the swap."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

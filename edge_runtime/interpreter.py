@@ -1,0 +1,82 @@
+"""The LiteRT interpreter, whichever package provides it, with XNNPACK and explicit threads.
+
+Preference: `ai_edge_litert` (the maintained runtime), then `tflite_runtime` (older boards), then
+`tensorflow.lite` (development machines only). TensorFlow is never imported unless both runtime
+packages are missing.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from edge_runtime.quiet import native_output_captured
+
+RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    package: str
+    delegate: str
+    num_threads: int
+
+
+def default_num_threads() -> int:
+    """All cores this process may use: LiteRT itself defaults to one thread."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def interpreter_class() -> tuple[type, str]:
+    errors = []
+    for module_name in RUNTIMES:
+        try:
+            module = importlib.import_module(module_name)
+            return module.Interpreter, module_name.split(".")[0]
+        except Exception as e:  # an ImportError, or tflite_runtime's numpy-2 crash
+            errors.append(f"{module_name}: {type(e).__name__}: {e}")
+    raise ImportError(
+        "No TFLite interpreter found. Install ai-edge-litert (pip install ai-edge-litert). "
+        "Tried: " + "; ".join(errors)
+    )
+
+
+def load_interpreter(
+    model_path: str | os.PathLike | None = None,
+    *,
+    model_content: bytes | None = None,
+    num_threads: int | None = None,
+) -> tuple[Any, RuntimeInfo]:
+    """An allocated interpreter for one .tflite model, on XNNPACK (the default delegate)."""
+    if (model_path is None) == (model_content is None):
+        raise ValueError("Pass exactly one of model_path or model_content.")
+    threads = default_num_threads() if num_threads is None else int(num_threads)
+    if threads < 1:
+        raise ValueError(f"Expected num_threads >= 1. Received: num_threads={num_threads}")
+    cls, package = interpreter_class()
+    kwargs: dict[str, Any] = {"num_threads": threads}
+    if model_path is not None:
+        kwargs["model_path"] = os.fspath(model_path)
+    else:
+        kwargs["model_content"] = model_content
+    try:
+        with native_output_captured():  # LiteRT announces every delegate it creates
+            interpreter = cls(**kwargs)
+            interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        where = model_path if model_path is not None else "model_content"
+        raise ValueError(f"Not a loadable TFLite model ({where}): {e}") from e
+    return interpreter, RuntimeInfo(package=package, delegate="XNNPACK", num_threads=threads)
+
+
+def run_once(interpreter: Any, x: Any) -> Any:
+    """Run one input through an allocated single-input, single-output interpreter."""
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    return interpreter.get_tensor(out["index"])

@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny residual CNN and its bundle, built once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+TRACES = REPO.parent / "shared" / "traces"
+
+
+def build_tiny_model(input_shape=(32, 32, 3), classes=10, seed=0):
+    """Conv stem, a residual block, a depthwise block, a head: every kind of cut in 1 s."""
+    from converter.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    y = layers.Conv2D(8, 3, padding="same", name="res_conv")(x)
+    y = layers.ReLU(name="res_relu")(y)
+    x = layers.Add(name="res_add")([x, y])
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    x = layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="tiny")
+
+
+def run_module(*args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:
+    """Run `python -m ...` from the repo root, as a user would."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env=full_env,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    build_tiny_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_model_path) -> Path:
+    """A converted bundle of the tiny model, with every split (shared by many tests)."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    result = run_module("converter", str(tiny_model_path), "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return out

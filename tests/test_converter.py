@@ -1,0 +1,205 @@
+"""The converter end to end: real Keras models in, bundles out, checked independently."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from edge_runtime.interpreter import load_interpreter, run_once
+from edge_runtime.manifest import BundleError, load_manifest
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.slow
+
+
+def independent_check(bundle, split_names, samples=2, seed=1):
+    """Head on the LiteRT interpreter, tail reloaded from disk, against the full Keras model."""
+    import keras
+
+    manifest = load_manifest(bundle)
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(0, 255, size=(samples, *manifest.model.input_shape)).astype(np.float32)
+    full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    reference = np.asarray(full(xs, training=False))
+    errors = {}
+    for name in split_names:
+        split = manifest.split(name)
+        if split.head is None:
+            acts = xs
+        else:
+            interp, info = load_interpreter(bundle / split.head, num_threads=1)
+            assert info.package == "ai_edge_litert"
+            acts = np.concatenate([run_once(interp, x[None]) for x in xs])
+            assert acts.shape[1:] == split.shape
+        tail = keras.models.load_model(bundle / split.tail, compile=False)
+        got = np.asarray(tail(acts, training=False))
+        errors[name] = float(np.max(np.abs(got - reference)) / np.max(np.abs(reference)))
+    return errors
+
+
+def test_tiny_bundle_manifest(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    names = manifest.split_names
+    assert names[0] == "input"
+    # The inside of the residual block is not a cut; its ends are.
+    assert "res_conv" not in names and "res_relu" not in names
+    assert {"stem_relu", "res_add", "dw", "pw", "gap"} <= set(names)
+    assert [s.index for s in manifest.splits] == list(range(len(names)))
+    flops = [s.head_flops for s in manifest.splits]
+    assert flops == sorted(flops) and flops[0] == 0
+    for s in manifest.splits:
+        assert s.head_flops + s.tail_flops == manifest.full_flops
+        assert s.verify["max_rel_err"] <= 1e-3
+    data = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert data["model"]["input_shape"] == [32, 32, 3]
+    assert (tiny_bundle / manifest.full).is_file()
+
+
+def test_tiny_bundle_every_split_matches_independently(tiny_bundle):
+    errors = independent_check(tiny_bundle, load_manifest(tiny_bundle).split_names)
+    assert max(errors.values()) < 1e-3, errors
+
+
+def test_full_tflite_matches_keras(tiny_bundle):
+    import keras
+
+    manifest = load_manifest(tiny_bundle)
+    x = np.random.default_rng(3).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    interp, _ = load_interpreter(tiny_bundle / manifest.full)
+    full = keras.models.load_model(tiny_bundle / manifest.split("input").tail, compile=False)
+    np.testing.assert_allclose(run_once(interp, x), np.asarray(full(x)), atol=1e-5)
+
+
+def test_heads_have_batch_one(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    for s in manifest.splits[1:]:
+        interp, _ = load_interpreter(tiny_bundle / s.head)
+        assert list(interp.get_input_details()[0]["shape"]) == [1, 32, 32, 3]
+
+
+def test_sequential_and_nested_models(tmp_path):
+    import keras
+    from keras import layers
+
+    seq = keras.Sequential(
+        [keras.Input((16, 16, 3)), layers.Conv2D(4, 3, name="c1"), layers.ReLU(name="r1"),
+         layers.Flatten(name="flat"), layers.Dense(3, name="logits")], name="seq")
+    inp = keras.Input((16, 16, 3))
+    out = layers.Softmax(name="sm")(seq(inp))
+    nested = keras.Model(inp, out, name="nested")
+    path = tmp_path / "nested.keras"
+    nested.save(path)
+    result = run_module("converter", str(path), "--out", str(tmp_path / "b"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(tmp_path / "b")
+    assert manifest.split_names == ["input", "c1", "r1", "flat", "logits"]
+    errors = independent_check(tmp_path / "b", manifest.split_names)
+    assert max(errors.values()) < 1e-3
+
+
+def test_splits_and_max_splits_options(tiny_model_path, tmp_path):
+    result = run_module("converter", str(tiny_model_path), "--out", str(tmp_path / "a"),
+                        "--splits", "res_add,gap", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert load_manifest(tmp_path / "a").split_names == ["input", "res_add", "gap"]
+    result = run_module("converter", str(tiny_model_path), "--out", str(tmp_path / "b"),
+                        "--max-splits", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert len(load_manifest(tmp_path / "b").splits) == 3
+    result = run_module("converter", str(tiny_model_path), "--out", str(tmp_path / "c"),
+                        "--splits", "nope")
+    assert result.returncode == 2 and "Unknown split" in result.stderr
+
+
+def test_int8_heads(tiny_model_path, tmp_path):
+    result = run_module("converter", str(tiny_model_path), "--out", str(tmp_path / "q"),
+                        "--splits", "pw", "--int8", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    split = load_manifest(tmp_path / "q").split("pw")
+    interp, _ = load_interpreter(tmp_path / "q" / split.head_int8)
+    types = {d["dtype"].__name__ for d in interp.get_tensor_details()}
+    assert "int8" in types
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
+    assert run_once(interp, x).shape == (1, *split.shape)
+
+
+@pytest.mark.parametrize("name,minimum", [("mobilenet_v2", 10), ("resnet50", 16)])
+def test_zoo_candidate_counts(name, minimum):
+    result = run_module("converter", f"zoo:{name}", "--list", "--input-shape", "96,96,3")
+    assert result.returncode == 0, result.stderr
+    count = int(result.stdout.split()[0])
+    assert count >= minimum, result.stdout
+
+
+@pytest.mark.parametrize(
+    "name,shape", [("mobilenet_v2", "96,96,3"), ("resnet50", "64,64,3"),
+                   ("inception_v3", "75,75,3"), ("efficientnet_b0", "64,64,3")])
+def test_zoo_models_convert_and_match(name, shape, tmp_path):
+    out = tmp_path / name
+    result = run_module("converter", f"zoo:{name}", "--out", str(out), "--input-shape", shape,
+                        "--max-splits", "5", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(out)
+    assert not manifest.skipped, manifest.skipped
+    names = random.Random(name).sample(manifest.split_names[1:], 3)
+    errors = independent_check(out, names, samples=1)
+    assert max(errors.values()) < 1e-3, errors
+
+
+def test_bad_sources_exit_2_with_one_line(tmp_path):
+    text = tmp_path / "model.keras"
+    text.write_text("this is not a model")
+    cases = {
+        str(text): "Cannot load",
+        str(tmp_path / "missing.keras"): "not found",
+        str(tmp_path / "notes.txt"): "not found",
+        "zoo:nope": "Unknown zoo model",
+    }
+    (tmp_path / "notes.txt").write_text("x")
+    cases[str(tmp_path / "notes.txt")] = "Expected a file ending"
+    for source, message in cases.items():
+        result = run_module("converter", source, "--out", str(tmp_path / "out"))
+        assert result.returncode == 2, (source, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (source, result.stderr)
+        assert not (tmp_path / "out").exists()
+
+
+def test_subclassed_and_multi_io_models_are_refused(tmp_path):
+    import keras
+    from keras import layers
+
+    from converter.build import plan
+    from converter.graph import UnsupportedModelError
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    with pytest.raises(UnsupportedModelError, match="subclassed"):
+        plan(Sub())
+    a, b = keras.Input((4,)), keras.Input((4,))
+    two = keras.Model([a, b], layers.Add()([a, b]))
+    with pytest.raises(UnsupportedModelError, match="exactly one input"):
+        plan(two)
+
+
+def test_manifest_checks(tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    (copy / data["splits"][1]["head"]).unlink()
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        load_manifest(copy)
+    data["version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="version 99"):
+        load_manifest(copy)
