@@ -1,0 +1,56 @@
+"""The accuracy-vs-bytes picture of a profile: what each split and bit width buys."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (bytes, drop): fewer bytes and no more drop is better."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best_drop = [], float("inf")
+    for i in order:
+        if points[i][1] < best_drop:
+            front.append(i)
+            best_drop = points[i][1]
+    return front
+
+
+def plot_pareto(profile: dict, path: Path, title: str = "accuracy vs bytes") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = profile["configs"]
+    splits = list(dict.fromkeys(c["split"] for c in configs))
+    cmap = plt.get_cmap("viridis", max(len(splits), 2))
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    for k, split in enumerate(splits):
+        rows = [c for c in configs if c["split"] == split]
+        ax.plot([r["bytes_mean"] for r in rows], [r["drop_pp"] for r in rows], "o-", ms=4, lw=0.8,
+                color=cmap(k), label=split, alpha=0.85)
+    jpeg = profile["jpeg"]
+    ax.scatter([jpeg["bytes_mean"]], [jpeg["drop_pp"]], marker="*", s=160, color="crimson",
+               zorder=5, label=f"JPEG q{jpeg['quality']} (cloud-only)")
+    points = [(c["bytes_mean"], c["drop_pp"]) for c in configs]
+    front = pareto_front(points)
+    ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post",
+            color="black", lw=1.5, ls="--", label="Pareto front")
+    for i in front:
+        c = configs[i]
+        if c["drop_pp"] <= 5:
+            ax.annotate(f"{c['bits']}b", points[i], textcoords="offset points", xytext=(3, 4), fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.text(0.005, 1.05, "1 pp", transform=ax.get_yaxis_transform(), fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("payload bytes per frame (mean, header included)")
+    ax.set_ylabel("top-1 accuracy drop vs float model (pp)")
+    lo = min(min(p[1] for p in points), jpeg["drop_pp"])
+    ax.set_ylim(min(-0.5, lo - 0.5), max(6.0, min(15.0, 1.1 * max(p[1] for p in points))))
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,292 @@
+"""python -m converter.profile BUNDLE: accuracy and bytes of every (split, bits), measured.
+
+For each split the real TFLite head runs on every evaluation image, the activation is packed with
+the real codec (once with ranges measured on that frame, once with ranges calibrated offline), the
+payload is unpacked, and the real Keras tail classifies it. Nothing is estimated: accuracy, bytes
+and codec time are what this run saw. Writes `profile.json`, `calibration.json` and
+`pareto.png` into the bundle (see docs/FORMATS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from converter.quiet import import_tensorflow
+from edge_runtime import packing
+from edge_runtime.images import ImageError, decode_image, encode_jpeg, list_images, load_image
+from edge_runtime.interpreter import load_interpreter, run_once
+from edge_runtime.manifest import BundleError, Manifest, load_manifest, write_json_atomic
+
+PROFILE_VERSION = 1
+ALL_BITS = (2, 3, 4, 5, 6, 8, 16, 32)
+QUANTIZED_BITS = (2, 3, 4, 5, 6, 8)
+# A calibrated variant replaces the per-frame one only if it costs at most this much accuracy.
+CALIBRATED_TOLERANCE_PP = 0.25
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    bits: tuple[int, ...] = ALL_BITS
+    limit: int | None = None  # evaluation images (None: 1000 default scenes, or the whole folder)
+    calib_limit: int = 128
+    batch_size: int = 50
+    jpeg_quality: int = 90
+    progress: bool = True
+
+
+@dataclass
+class Dataset:
+    images: np.ndarray  # N x H x W x 3 float32, 0..255
+    labels: np.ndarray | None  # N int, or None when the images are unlabelled
+    calibration: np.ndarray  # images the offline ranges are measured on
+    description: dict[str, Any]
+
+
+def load_dataset(manifest: Manifest, data: str | None, options: ProfileOptions) -> Dataset:
+    """The default model's scenes, or a user folder of images (labels from labels.csv)."""
+    shape = manifest.model.input_shape
+    if data is None:
+        if manifest.model.name != "fashion":
+            raise ValueError(
+                f"Model {manifest.model.name!r} has no default data set: pass --data DIR with "
+                "images (and a labels.csv of file,label rows for accuracy)."
+            )
+        from models import scenes
+
+        n = options.limit or 1000
+        images, labels = scenes.make_scenes("test", np.arange(n))
+        calib, _ = scenes.make_scenes("val", np.arange(options.calib_limit))
+        return Dataset(images.astype(np.float32), np.asarray(labels), calib.astype(np.float32),
+                       {"source": f"models.scenes test 0..{n - 1}", "n": n,
+                        "calibration": f"models.scenes val 0..{options.calib_limit - 1}"})
+    entries = list_images(data)
+    if options.limit:
+        entries = entries[: options.limit]
+    images = np.stack([load_image(e.path, shape) for e in entries])
+    labelled = all(e.label is not None for e in entries)
+    labels = np.array([e.label for e in entries]) if labelled else None
+    calib = images[: options.calib_limit]
+    return Dataset(images, labels, calib,
+                   {"source": str(data), "n": len(entries), "labelled": labelled,
+                    "calibration": f"the first {len(calib)} of the same images"})
+
+
+def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> dict:
+    """Measure every (split, bits); returns the profile dict (also written to the bundle)."""
+    import_tensorflow()
+    import keras
+
+    manifest = load_manifest(bundle)
+    _check_bits(options.bits)
+    full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    float_pred = _predict(full, dataset.images, options.batch_size)
+    float_top1 = _accuracy(float_pred, dataset.labels)
+
+    jpeg_bytes, jpeg_images = [], []
+    for img in dataset.images:
+        data = encode_jpeg(img, options.jpeg_quality)
+        jpeg_bytes.append(len(data))
+        jpeg_images.append(decode_image(data))
+    jpeg_pred = _predict(full, np.stack(jpeg_images), options.batch_size)
+    jpeg = {
+        "quality": options.jpeg_quality,
+        **_byte_stats(jpeg_bytes),
+        **_accuracy_fields(jpeg_pred, float_pred, dataset.labels, float_top1),
+    }
+
+    configs, variants, calibration, split_info = [], [], {}, {}
+    splits = [s for s in manifest.splits if s.head is not None]
+    bar = _progress(splits, options.progress)
+    for split in bar:
+        if options.progress:
+            bar.set_postfix_str(split.name[:28])
+        interp, _ = load_interpreter(bundle / split.head)
+        tail = keras.models.load_model(bundle / split.tail, compile=False)
+        calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
+        ranges = packing.calibrate_ranges(calib_acts)
+        calibration[split.name] = ranges.to_json()
+        measured = _measure_split(manifest, split, interp, tail, ranges, dataset, options)
+        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
+        for (bits, params), m in measured.items():
+            row = {
+                "split": split.name, "bits": bits, "params": params,
+                **_byte_stats(m["bytes"]),
+                **_accuracy_fields(np.array(m["pred"]), float_pred, dataset.labels, float_top1),
+                "pack_ms": float(np.mean(m["pack_s"]) * 1e3),
+                "unpack_ms": float(np.mean(m["unpack_s"]) * 1e3),
+                "float32_bytes": int(np.prod(split.shape) * 4),
+            }
+            variants.append(row)
+        configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
+
+    profile = {
+        "version": PROFILE_VERSION,
+        "model_sha256": manifest.model.sha256,
+        "dataset": dataset.description,
+        "float_top1": float_top1,
+        "jpeg": jpeg,
+        "splits": split_info,
+        "configs": configs,
+        "variants": variants,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json_atomic(bundle / "calibration.json", {"version": 1, "model_sha256": manifest.model.sha256,
+                                                    "splits": calibration})
+    write_json_atomic(bundle / "profile.json", profile)
+    from converter.pareto import plot_pareto
+
+    plot_pareto(profile, bundle / "pareto.png", title=f"{manifest.model.name}: accuracy vs bytes")
+    return profile
+
+
+def choose_variants(rows: Sequence[dict]) -> list[dict]:
+    """One config per (split, bits): calibrated ranges when they cost (almost) no accuracy.
+
+    Calibrated payloads carry no per-channel parameters, so they are smaller; they clip rare
+    outliers, so they can cost accuracy. The per-frame variant stays when the difference is more
+    than CALIBRATED_TOLERANCE_PP or when calibration does not save bytes.
+    """
+    by_bits: dict[int, dict[str, dict]] = {}
+    for r in rows:
+        by_bits.setdefault(r["bits"], {})[r["params"]] = r
+    chosen = []
+    for bits in sorted(by_bits):
+        options = by_bits[bits]
+        frame, cal = options.get("frame"), options.get("calibrated")
+        pick = frame or cal
+        if frame and cal and cal["bytes_mean"] < frame["bytes_mean"]:
+            cost = _drop_for_choice(cal) - _drop_for_choice(frame)
+            if cost <= CALIBRATED_TOLERANCE_PP:
+                pick = cal
+        chosen.append(dict(pick))
+    return chosen
+
+
+def _measure_split(manifest, split, interp, tail, ranges, dataset, options) -> dict:
+    variants = [(b, "frame") for b in options.bits]
+    variants += [(b, "calibrated") for b in options.bits if b in QUANTIZED_BITS]
+    out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": []} for v in variants}
+    n = len(dataset.images)
+    for start in range(0, n, options.batch_size):
+        chunk = dataset.images[start:start + options.batch_size]
+        acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
+        float_tail = None
+        for bits, params in variants:
+            decoded = np.empty_like(acts)
+            m = out[(bits, params)]
+            for i, a in enumerate(acts):
+                t0 = time.perf_counter()
+                payload = packing.pack(
+                    a, bits, model_sha256=manifest.model.sha256, split=split.name,
+                    split_index=split.index, ranges=ranges if params == "calibrated" else None,
+                )
+                t1 = time.perf_counter()
+                decoded[i] = packing.unpack(payload, ranges=ranges if params == "calibrated" else None)
+                t2 = time.perf_counter()
+                m["bytes"].append(len(payload))
+                m["pack_s"].append(t1 - t0)
+                m["unpack_s"].append(t2 - t1)
+            if np.array_equal(decoded, acts):
+                # Bit-exact payload (float32): the tail sees the same input, so the same output.
+                if float_tail is None:
+                    float_tail = np.argmax(np.asarray(tail(acts, training=False)), axis=-1)
+                m["pred"].extend(float_tail.tolist())
+            else:
+                m["pred"].extend(np.argmax(np.asarray(tail(decoded, training=False)), axis=-1).tolist())
+    return out
+
+
+def _predict(model, images: np.ndarray, batch: int) -> np.ndarray:
+    preds = [np.argmax(np.asarray(model(images[i:i + batch], training=False)), axis=-1)
+             for i in range(0, len(images), batch)]
+    return np.concatenate(preds)
+
+
+def _accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
+    return None if labels is None else float(np.mean(pred == labels))
+
+
+def _accuracy_fields(pred, float_pred, labels, float_top1) -> dict:
+    top1 = _accuracy(pred, labels)
+    agreement = float(np.mean(pred == float_pred))
+    # Without labels, the drop is measured against the float model's own answers.
+    drop = (float_top1 - top1) * 100 if top1 is not None else (1 - agreement) * 100
+    return {"top1": top1, "drop_pp": float(drop), "agreement": agreement}
+
+
+def _drop_for_choice(row: dict) -> float:
+    return max(row["drop_pp"], (1 - row["agreement"]) * 100 * 0.5)
+
+
+def _byte_stats(sizes) -> dict:
+    sizes = np.asarray(sizes, dtype=np.float64)
+    return {"bytes_mean": float(sizes.mean()), "bytes_p95": float(np.percentile(sizes, 95))}
+
+
+def _tail_latency_ms(tail, one: np.ndarray, repeats: int = 5) -> float:
+    tail(one, training=False)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        tail(one, training=False)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def _check_bits(bits: Sequence[int]) -> None:
+    bad = [b for b in bits if b not in ALL_BITS]
+    if bad:
+        raise ValueError(f"Expected bit widths among {set(ALL_BITS)}. Received: bits={bad}")
+
+
+def _progress(items, enabled):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc="profiling splits", unit="split", dynamic_ncols=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m converter.profile", description=__doc__.splitlines()[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--data", help="folder of images (labels.csv: file,label); default: the "
+                   "default model's test scenes")
+    p.add_argument("--out", type=Path, help="where to write the profile (default BUNDLE/profile.json)")
+    p.add_argument("--limit", type=int, help="evaluation images (default 1000 scenes / all files)")
+    p.add_argument("--bits", help="comma-separated bit widths (default 2,3,4,5,6,8,16,32)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        bits = tuple(int(b) for b in args.bits.split(",")) if args.bits else ALL_BITS
+        _check_bits(bits)
+        options = ProfileOptions(bits=bits, limit=args.limit, progress=not args.no_progress)
+        manifest = load_manifest(args.bundle)
+        dataset = load_dataset(manifest, args.data, options)
+        t0 = time.perf_counter()
+        profile = profile_bundle(args.bundle, dataset, options)
+    except (BundleError, ImageError, ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_json_atomic(args.out, profile)
+    best = min((c for c in profile["configs"] if c["drop_pp"] <= 1.0),
+               key=lambda c: c["bytes_mean"], default=None)
+    print(f"profiled {len(profile['configs'])} configs on {dataset.description['n']} images in "
+          f"{time.perf_counter() - t0:.0f} s; float top-1 {profile['float_top1']}; "
+          f"JPEG {profile['jpeg']['bytes_mean']:.0f} B")
+    if best:
+        print(f"fewest bytes within 1 pp: {best['split']} @ {best['bits']} bits "
+              f"({best['params']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
+    print(f"wrote {args.out or args.bundle / 'profile.json'}, {args.bundle / 'pareto.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The offline profiler on a real bundle: every (split, bits) measured, files written."""
+import json
+
+import numpy as np
+import pytest
+
+from converter.pareto import pareto_front
+from converter.profile import choose_variants
+from tests.conftest import run_module
+
+
+def test_pareto_front_is_the_lower_left_staircase():
+    points = [(100, 5.0), (200, 1.0), (150, 6.0), (300, 1.0), (400, 0.0), (50, 9.0)]
+    assert pareto_front(points) == [5, 0, 1, 4]
+
+
+def test_choose_variants_prefers_calibrated_only_when_it_is_free():
+    rows = [
+        {"bits": 4, "params": "frame", "bytes_mean": 500, "drop_pp": 0.2, "agreement": 0.99},
+        {"bits": 4, "params": "calibrated", "bytes_mean": 300, "drop_pp": 0.3, "agreement": 0.99},
+        {"bits": 2, "params": "frame", "bytes_mean": 300, "drop_pp": 0.5, "agreement": 0.98},
+        {"bits": 2, "params": "calibrated", "bytes_mean": 200, "drop_pp": 3.0, "agreement": 0.9},
+    ]
+    chosen = {r["bits"]: r["params"] for r in choose_variants(rows)}
+    assert chosen == {2: "frame", 4: "calibrated"}
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    rows = ["file,label"]
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 10}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
+    result = run_module("converter.profile", str(tiny_bundle), "--data", str(image_folder),
+                        "--no-progress")
+    assert result.returncode == 0, result.stderr
+    profile = json.loads((tiny_bundle / "profile.json").read_text())
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    heads = [s["name"] for s in manifest["splits"] if s["head"]]
+    assert profile["version"] == 1 and profile["model_sha256"] == manifest["model"]["sha256"]
+    assert {(c["split"], c["bits"]) for c in profile["configs"]} == {
+        (s, b) for s in heads for b in (2, 3, 4, 5, 6, 8, 16, 32)}
+    for c in profile["configs"]:
+        assert c["bytes_mean"] > 0 and c["bytes_p95"] >= c["bytes_mean"] * 0.5
+        if c["bits"] == 32:  # lossless: same answers as the float model
+            assert c["agreement"] == 1.0 and c["drop_pp"] == 0.0
+    by = {(c["split"], c["bits"]): c for c in profile["configs"]}
+    for s in heads:
+        assert by[(s, 2)]["bytes_mean"] < by[(s, 32)]["bytes_mean"]
+    assert profile["jpeg"]["bytes_mean"] > 0 and profile["dataset"]["n"] == 24
+    assert set(profile["splits"]) == set(heads)
+    calibration = json.loads((tiny_bundle / "calibration.json").read_text())
+    assert set(calibration["splits"]) == set(heads)
+    assert (tiny_bundle / "pareto.png").stat().st_size > 10_000
+
+
+def test_profile_cli_errors(tmp_path, tiny_bundle):
+    result = run_module("converter.profile", str(tmp_path / "nothing"))
+    assert result.returncode == 2 and "No bundle" in result.stderr
+    result = run_module("converter.profile", str(tiny_bundle), "--bits", "7")
+    assert result.returncode == 2 and "Expected bit widths" in result.stderr
+    result = run_module("converter.profile", str(tiny_bundle))  # no default data for this model
+    assert result.returncode == 2 and "--data" in result.stderr
