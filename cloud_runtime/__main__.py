@@ -1,0 +1,5 @@
+import sys
+
+from cloud_runtime.serve import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""Flask app factory and views: decode, route to the right tail, answer JSON.
+
+No TensorFlow here (only the backend imports it, in the worker). Per-request work in the view is
+header parsing, model/split resolution and decoding; the tail call goes through the service's
+batcher. Answers carry server timings so the edge scheduler can learn cloud latency and load.
+"""
+from __future__ import annotations
+
+import hmac
+import io
+import math
+import os
+import time
+
+import numpy as np
+from flask import Flask, Response, current_app, g, jsonify, request
+
+from cloud_runtime.backend import TailBackend, make_backend
+from cloud_runtime.buckets import bucket_sizes
+from cloud_runtime.config import ServerConfig
+from cloud_runtime.errors import (BadPayload, BadRequest, CalibrationMismatch, Unauthorized,
+                                  UnknownSplit, register_error_handlers)
+from cloud_runtime.metrics import CONTENT_TYPE, ServerMetrics
+from cloud_runtime.registry import ModelRegistry, ServedModel
+from cloud_runtime.service import InferenceService
+from edge_runtime.manifest import INPUT_SPLIT, Split
+from edge_runtime.packing import read_header, unpack
+
+BUNDLES_ENV = "SPLITINFER_BUNDLES"
+EXTENSION = "splitinfer"
+OPEN_ENDPOINTS = frozenset({"healthz"})
+IMAGE_FORMATS = ("JPEG", "PNG")
+
+
+def create_app(config: ServerConfig | None = None, *, backend: TailBackend | None = None,
+               start: bool = True) -> Flask:
+    """A WSGI app serving `config.bundles`; call it in each worker, after the fork.
+
+    `config=None` reads the bundles from $SPLITINFER_BUNDLES (os.pathsep-separated), so
+    `gunicorn 'cloud_runtime:create_app()'` works too. `backend=None` builds the configured one.
+    `start=False` leaves the backend unstarted (tests call `service.start` themselves).
+    """
+    if config is None:
+        bundles = tuple(p for p in os.environ.get(BUNDLES_ENV, "").split(os.pathsep) if p)
+        config = ServerConfig(bundles=bundles)
+    config = config.resolved()
+    registry = ModelRegistry.from_bundles(config.bundles)
+    service = InferenceService(registry, backend or make_backend(config.backend), config,
+                               ServerMetrics(bucket_sizes(config.max_batch)))
+
+    app = Flask("cloud_runtime")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions[EXTENSION] = service
+    register_error_handlers(app)
+    _install_hooks(app, config)
+    _register_views(app)
+    if start:
+        service.start()
+    return app
+
+
+def _service() -> InferenceService:
+    return current_app.extensions[EXTENSION]
+
+
+# ---- hooks: auth and metrics --------------------------------------------------------------
+
+
+def _install_hooks(app: Flask, config: ServerConfig) -> None:
+    token = config.token.encode("utf-8") if config.auth_enabled else None
+
+    @app.before_request
+    def _start_and_authenticate():
+        g.t0 = time.perf_counter()
+        if token is None or request.endpoint in OPEN_ENDPOINTS:
+            return None
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), token
+        ):
+            raise Unauthorized("missing or wrong bearer token: send 'Authorization: Bearer <token>'")
+        return None
+
+    @app.after_request
+    def _count(response: Response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        t0 = g.get("t0", time.perf_counter())
+        _service().metrics.observe_request(rule, response.status_code, time.perf_counter() - t0)
+        return response
+
+
+# ---- views ----------------------------------------------------------------------------------
+
+
+def _register_views(app: Flask) -> None:
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok", pid=os.getpid())
+
+    @app.get("/readyz")
+    def readyz():
+        svc = _service()
+        status = svc.status()
+        if status["ready"]:
+            return jsonify(status)
+        why = status["start_error"] or (
+            f"starting the backend and loading tails ({status['tails_loaded']}/{status['tails_total']})")
+        resp = jsonify({"error": f"not ready: {why}", "code": "not_ready", **status})
+        resp.status_code = 503
+        resp.headers["Retry-After"] = str(svc.config.retry_after_s)
+        return resp
+
+    @app.get("/v1/models")
+    def models():
+        svc = _service()
+        device = svc.backend.device
+        cfg = svc.config
+        return jsonify(
+            models=[{**m.describe(), "device": device} for m in svc.registry.models],
+            device=device, device_info=svc.backend.device_info(), backend=svc.backend.name,
+            load=cfg.load, ready=svc.is_ready(), pid=os.getpid(),
+            batching={"max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
+                      "max_queue": cfg.max_queue, "buckets": list(svc.buckets)},
+            max_body_bytes=cfg.max_body_bytes,
+        )
+
+    @app.get("/metrics")
+    def metrics():
+        return Response(_service().metrics.render(), content_type=CONTENT_TYPE)
+
+    @app.post("/v1/infer")
+    def infer():
+        svc = _service()
+        k = _parse_k(svc.config.default_k)
+        data = request.get_data(cache=False)
+        t_header = time.perf_counter()
+        header = read_header(data)
+        model = svc.registry.select(name=request.args.get("model"),
+                                    sha256=request.headers.get("X-Model-Sha256"),
+                                    payload_prefix=header.model_sha256_prefix)
+        split = model.find_split(header.split, header.split_index)
+        if header.shape not in (split.shape, (1, *split.shape)):
+            raise BadPayload(
+                f"payload shape {list(header.shape)} does not fit split {split.name!r} of "
+                f"{model.name!r}: expected {list(split.shape)} (or [1, ...] with a batch axis); "
+                "pack the head's output for that split"
+            )
+        ranges = _calibration_for(model, split, header)
+        header_s = time.perf_counter() - t_header
+
+        def decode() -> np.ndarray:
+            x = unpack(data, ranges=ranges, max_elements=max(1, math.prod(split.shape)))
+            return x.reshape(split.shape)
+
+        result, decode_s = svc.infer(model.tail(split), decode)
+        return _answer(svc, model, split, header.bits, result, header_s + decode_s, k)
+
+    @app.post("/v1/infer/image")
+    def infer_image():
+        svc = _service()
+        k = _parse_k(svc.config.default_k)
+        model = svc.registry.select(name=request.args.get("model"),
+                                    sha256=request.headers.get("X-Model-Sha256"))
+        try:
+            split = model.manifest.split(INPUT_SPLIT)
+        except KeyError:
+            raise UnknownSplit(f"model {model.name!r} has no cloud-only '{INPUT_SPLIT}' tail") from None
+        data = request.get_data(cache=False)
+        result, decode_s = svc.infer(model.tail(split), lambda: _decode_image(data, model))
+        return _answer(svc, model, split, None, result, decode_s, k)
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _parse_k(default: int) -> int:
+    raw = request.args.get("k")
+    if raw is None:
+        return default
+    try:
+        k = int(raw)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise BadRequest(f"k must be a positive integer (how many classes to return). Received: k={raw[:20]!r}")
+    return k
+
+
+def _calibration_for(model: ServedModel, split: Split, header):
+    if header.params != "calibrated":
+        return None
+    ranges = model.calibration.get(split.name)
+    if ranges is None:
+        raise CalibrationMismatch(
+            f"payload uses calibrated ranges (reference {header.calibration_ref}) but the served "
+            f"bundle of {model.name!r} has no calibration for split {split.name!r}; deploy the "
+            "bundle with its calibration.json, or pack without ranges"
+        )
+    if ranges.reference != header.calibration_ref:
+        raise CalibrationMismatch(
+            f"payload calibration reference {header.calibration_ref} does not match the served "
+            f"calibration {ranges.reference} for split {split.name!r}; the edge and the cloud "
+            "must use the same calibration.json"
+        )
+    return ranges
+
+
+def _decode_image(data: bytes, model: ServedModel) -> np.ndarray:
+    """An exact-size JPEG/PNG as float32 (H, W, C) 0..255; 400 with expected vs received."""
+    from PIL import Image, UnidentifiedImageError
+
+    shape = model.manifest.model.input_shape
+    if len(shape) != 3 or shape[-1] not in (1, 3):
+        raise BadRequest(f"model {model.name!r} takes input {list(shape)}, not an image")
+    h, w, c = shape
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format not in IMAGE_FORMATS:
+                raise BadRequest(f"image format {img.format} is not supported; send JPEG or PNG")
+            if img.size != (w, h):
+                raise BadRequest(
+                    f"image is {img.size[0]}x{img.size[1]} (width x height), model {model.name!r} "
+                    f"expects exactly {w}x{h}; resize on the edge before sending"
+                )
+            arr = np.asarray(img.convert("RGB" if c == 3 else "L"), dtype=np.float32)
+    except BadRequest:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+        raise BadRequest(f"body is not a readable JPEG or PNG image: {type(e).__name__}: {e}") from None
+    return arr.reshape(h, w, c)
+
+
+def _answer(svc: InferenceService, model: ServedModel, split: Split, bits: int | None,
+            result, decode_s: float, k: int):
+    scores = np.asarray(result.value, dtype=np.float64).reshape(-1)
+    order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:k]
+    top = [{"class": int(i), "score": float(scores[i]) if math.isfinite(scores[i]) else None}
+           for i in order]
+    body = {"model": model.name, "model_sha256": model.sha256, "split": split.name, "bits": bits,
+            "device": svc.backend.device, "top_k": top}
+    if model.labels and order.size and int(order[0]) < len(model.labels):
+        body["label"] = model.labels[int(order[0])]
+    body.update(
+        decode_ms=round(1e3 * decode_s, 3),
+        queue_ms=round(1e3 * result.queue_s, 3),
+        tail_ms=round(1e3 * result.run_s, 3),
+        total_ms=round(1e3 * (time.perf_counter() - g.t0), 3),
+        batch_size=result.batch_size,
+        worker=os.getpid(),
+    )
+    return jsonify(body)

@@ -1,0 +1,78 @@
+"""Server configuration: one frozen dataclass, None meaning "infer it" (see `resolved`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+TOKEN_ENV = "SPLITINFER_TOKEN"
+LOAD_MODES = ("eager", "lazy")
+BACKENDS = ("keras",)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message names the setting, the value and the fix."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What one worker needs to serve; the CLI builds it, tests build it directly.
+
+    `token=None` reads SPLITINFER_TOKEN (empty means no auth). `threads=None` is enough threads
+    to fill two batches. `max_queue` bounds the requests waiting per (model, split) in one worker.
+    """
+
+    bundles: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int | None = None
+    token: str | None = field(default=None, repr=False)  # never in logs or reprs
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_body_bytes: int = 16 << 20
+    max_queue: int = 256
+    early_dispatch: bool = True  # a batch starts once no decoded request is still coming
+    load: str = "eager"
+    backend: str = "keras"
+    request_timeout_s: float = 30.0
+    retry_after_s: int = 1
+    default_k: int = 5
+
+    def resolved(self) -> "ServerConfig":
+        """A copy with every None filled in and every value checked (ConfigError otherwise)."""
+        token = self.token if self.token is not None else os.environ.get(TOKEN_ENV, "")
+        threads = self.threads if self.threads is not None else max(8, 2 * self.max_batch)
+        cfg = dataclasses.replace(self, token=token or "", threads=threads,
+                                  bundles=tuple(str(b) for b in self.bundles))
+        cfg._check()
+        return cfg
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.token)
+
+    @property
+    def max_delay_s(self) -> float:
+        return self.max_delay_ms / 1000.0
+
+    def _check(self) -> None:
+        ints = {"port": (self.port, 0), "workers": (self.workers, 1), "threads": (self.threads, 1),
+                "max_batch": (self.max_batch, 1), "max_body_bytes": (self.max_body_bytes, 1),
+                "max_queue": (self.max_queue, 1), "retry_after_s": (self.retry_after_s, 0),
+                "default_k": (self.default_k, 1)}
+        for name, (value, low) in ints.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+        if self.port > 65535:
+            raise ConfigError(f"port must be in 0..65535. Received: port={self.port}")
+        if not self.max_delay_ms >= 0:
+            raise ConfigError(f"max_delay_ms must be >= 0. Received: max_delay_ms={self.max_delay_ms!r}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"request_timeout_s must be > 0. Received: {self.request_timeout_s!r}")
+        if self.load not in LOAD_MODES:
+            raise ConfigError(f"load must be one of {LOAD_MODES}. Received: load={self.load!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}. Received: backend={self.backend!r}")
+        if not self.bundles:
+            raise ConfigError("No bundle to serve: pass --bundle DIR (a directory from python -m converter).")

@@ -1,0 +1,128 @@
+"""`python -m cloud_runtime`: check the bundles, then serve them with gunicorn (gthread workers).
+
+The master process never imports TensorFlow: the app (and with it the backend) is created in
+each worker after the fork. Workers share nothing, so the tier scales out behind any balancer.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from cloud_runtime.config import LOAD_MODES, TOKEN_ENV, ConfigError, ServerConfig
+from edge_runtime.manifest import BundleError
+
+PROG = "python -m cloud_runtime"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line + exit 2, like every other CLI error here
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig()
+    p = _OneLineParser(prog=PROG, description="Serve Keras tails of split-inference bundles over HTTP.")
+    p.add_argument("--bundle", action="append", required=True, metavar="DIR",
+                   help="bundle directory from python -m converter (repeat to serve several models)")
+    p.add_argument("--host", default=d.host)
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="worker processes; each loads every tail (one per GPU is a good start)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="request threads per worker (default: max(8, 2 x max-batch))")
+    p.add_argument("--token", default=None,
+                   help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV}; prefer the "
+                        "environment, command lines are visible to other users)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="1 turns batching off")
+    p.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
+                   help="how long the first request of a batch may wait for others")
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--max-queue", type=int, default=d.max_queue,
+                   help="waiting requests per (model, split) per worker before 503")
+    p.add_argument("--no-early-dispatch", dest="early_dispatch", action="store_false",
+                   help="always wait max-delay-ms for a batch to fill, even when no other "
+                        "request is on its way (default: start as soon as none is)")
+    p.add_argument("--load", choices=LOAD_MODES, default=d.load,
+                   help="eager: load every tail at worker start (default); lazy: on first use")
+    p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        bundles=tuple(args.bundle), host=args.host, port=args.port, workers=args.workers,
+        threads=args.threads, token=args.token, max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms, max_body_bytes=args.max_body_bytes,
+        max_queue=args.max_queue, early_dispatch=args.early_dispatch, load=args.load,
+        request_timeout_s=args.request_timeout_s,
+    ).resolved()
+
+
+def check_bundles(config: ServerConfig) -> None:
+    """Fail in the master, once, before any worker starts (else workers crash-loop)."""
+    from cloud_runtime.registry import ModelRegistry
+
+    for b in config.bundles:
+        if not Path(b).is_dir():
+            raise BundleError(f"bundle directory {b} does not exist; build one with "
+                              f"python -m converter SOURCE --out {b}")
+    ModelRegistry.from_bundles(config.bundles)
+
+
+def _gunicorn_app(config: ServerConfig, log_level: str):
+    from gunicorn.app.base import BaseApplication
+
+    class SplitInferServer(BaseApplication):
+        def load_config(self) -> None:
+            settings: dict[str, Any] = {
+                "bind": f"{config.host}:{config.port}",
+                "workers": config.workers,
+                "threads": config.threads,
+                "worker_class": "gthread",
+                "timeout": 120,  # tails load on a background thread, but TF import holds the GIL
+                "graceful_timeout": 10,
+                "keepalive": 5,
+                "accesslog": None,
+                "errorlog": "-",
+                "loglevel": log_level,
+                "proc_name": "splitinfer-cloud",
+                "control_socket_disable": True,  # one per user by default: servers would collide
+                "worker_exit": _worker_exit,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            from cloud_runtime.app import create_app
+
+            return create_app(config)
+
+    return SplitInferServer(prog=PROG)
+
+
+def _worker_exit(server, worker) -> None:
+    """Fail queued requests fast and release the backend when a worker stops."""
+    app = getattr(worker, "wsgi", None)
+    service = getattr(app, "extensions", {}).get("splitinfer") if app is not None else None
+    if service is not None:
+        service.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        check_bundles(config)
+    except (ConfigError, BundleError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr,
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    _gunicorn_app(config, args.log_level).run()
+    return 0

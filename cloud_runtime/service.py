@@ -1,0 +1,182 @@
+"""One worker's inference state: the backend, one batcher per tail, readiness and load times.
+
+Framework-free (no Flask, no TensorFlow): the views call `infer`; the backend starts and, in
+eager mode, loads every tail on a background thread, so the worker answers /healthz and /readyz
+while TensorFlow imports, and gunicorn's worker timeout never sees a long start.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloud_runtime.backend import TailBackend, TailSpec
+from cloud_runtime.batcher import (BatchPolicy, Batched, BatcherClosed, Batcher, QueueFull,
+                                   WaitTimeout)
+from cloud_runtime.buckets import assemble, bucket_for, bucket_sizes, unpad
+from cloud_runtime.config import ServerConfig
+from cloud_runtime.errors import NotReady, Overloaded, TailFailed
+from cloud_runtime.metrics import ServerMetrics
+from cloud_runtime.registry import ModelRegistry
+
+log = logging.getLogger("cloud_runtime")
+
+
+@dataclass
+class LoadRecord:
+    load_ms: float
+    warmup_ms: float
+    lazy: bool
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, backend: TailBackend, config: ServerConfig,
+                 metrics: ServerMetrics):
+        self.registry = registry
+        self.backend = backend
+        self.config = config
+        self.metrics = metrics
+        self.buckets = bucket_sizes(config.max_batch)
+        self._policy = BatchPolicy(config.max_batch, config.max_delay_s, config.max_queue,
+                                   early=config.early_dispatch)
+        self._tails = {t.key: t for t in registry.tails()}
+        self._batchers: dict[str, Batcher] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._error: str | None = None
+        self._started_at = time.monotonic()
+        self._ready_after_s: float | None = None
+        self._backend_start_s: float | None = None
+        self.loads: dict[str, LoadRecord] = {}
+        self._closed = False
+        metrics.watch_ready(self.is_ready)
+        metrics.watch_queues(self._queue_depths)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def start(self, *, background: bool = True) -> None:
+        """Start the backend (and load every tail in eager mode); readiness flips when done."""
+        if background:
+            threading.Thread(target=self._start, name="tail-loader", daemon=True).start()
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        try:
+            t0 = time.monotonic()
+            self.backend.start()
+            self._backend_start_s = time.monotonic() - t0
+            if self.config.load == "eager":
+                for tail in self._tails.values():
+                    self._load(tail, lazy=False)
+            self._ready_after_s = time.monotonic() - self._started_at
+            self._ready.set()
+            log.info("worker ready in %.2f s on %s (%s load, %d tails)", self._ready_after_s,
+                     self.backend.device, self.config.load, len(self.loads))
+        except Exception as e:  # reported by /readyz; the worker keeps answering
+            self._error = f"{type(e).__name__}: {e}"
+            log.exception("backend failed to start")
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def is_ready(self) -> bool:
+        return self._ready.is_set() and not self._closed
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            batchers = list(self._batchers.values())
+        for b in batchers:
+            b.close()
+        self.backend.close()
+
+    def status(self) -> dict:
+        """What /readyz reports."""
+        return {
+            "ready": self.is_ready(),
+            "load": self.config.load,
+            "device": self.backend.device,
+            "backend": self.backend.name,
+            "tails_loaded": len(self.loads),
+            "tails_total": len(self._tails),
+            "backend_start_ms": _ms(self._backend_start_s),
+            "ready_after_ms": _ms(self._ready_after_s),
+            "start_error": self._error,
+            "loads": {k: {"load_ms": round(r.load_ms, 2), "warmup_ms": round(r.warmup_ms, 2),
+                          "lazy": r.lazy} for k, r in self.loads.items()},
+        }
+
+    # ---- inference ------------------------------------------------------------------------
+
+    def infer(self, tail: TailSpec, decode: Callable[[], np.ndarray]) -> tuple[Batched[np.ndarray], float]:
+        """Decode one input and run it through its tail, batched with concurrent requests.
+
+        The batcher hears of the request before `decode` runs, so it can wait for it rather
+        than start a batch without it. Returns the result and the decode time in seconds.
+        """
+        retry = self.config.retry_after_s
+        if not self.is_ready():
+            why = self._error or "tails are still loading"
+            raise NotReady(f"worker not ready: {why}; retry shortly or check GET /readyz", retry)
+        batcher = self._batcher(tail)
+        batcher.announce()
+        t0 = time.perf_counter()
+        try:
+            x = decode()
+        except BaseException:
+            batcher.withdraw()
+            raise
+        decode_s = time.perf_counter() - t0
+        try:
+            return batcher.run(x, self.config.request_timeout_s, announced=True), decode_s
+        except QueueFull as e:
+            raise Overloaded(f"overloaded: {e} for {tail.key}; retry after {retry} s", retry) from None
+        except WaitTimeout as e:
+            raise Overloaded(f"overloaded: {e} for {tail.key}; retry after {retry} s", retry) from None
+        except BatcherClosed as e:
+            raise NotReady(str(e), retry) from None
+        except Exception as e:
+            log.error("tail %s failed: %s: %s", tail.key, type(e).__name__, e)
+            raise TailFailed(f"tail {tail.key} failed: {type(e).__name__}: {e}") from None
+
+    def _batcher(self, tail: TailSpec) -> Batcher:
+        with self._lock:
+            b = self._batchers.get(tail.key)
+            if b is None:
+                def on_batch(size: int, seconds: float, tail=tail) -> None:
+                    self.metrics.observe_batch(tail.model, tail.split, size, seconds)
+
+                b = Batcher(lambda xs, tail=tail: self._run_batch(tail, xs), self._policy,
+                            name=f"batcher-{tail.key}", on_batch=on_batch)
+                self._batchers[tail.key] = b
+            return b
+
+    def _run_batch(self, tail: TailSpec, xs: list[np.ndarray]) -> list[np.ndarray]:
+        if not self.backend.is_loaded(tail):
+            self._load(tail, lazy=True)
+        bucket = bucket_for(len(xs), self.buckets)
+        out = self.backend.run(tail, assemble(xs, bucket))
+        return unpad(out, bucket, len(xs))
+
+    def _load(self, tail: TailSpec, *, lazy: bool) -> None:
+        timing = self.backend.load(tail)
+        if timing.load_s or timing.warmup_s or tail.key not in self.loads:
+            self.loads[tail.key] = LoadRecord(1e3 * timing.load_s, 1e3 * timing.warmup_s, lazy)
+            log.info("loaded tail %s in %.0f ms (+%.0f ms first call)%s", tail.key,
+                     1e3 * timing.load_s, 1e3 * timing.warmup_s, " on first request" if lazy else "")
+
+    def _queue_depths(self):
+        with self._lock:
+            batchers = {k: b for k, b in self._batchers.items()}
+        for key, b in batchers.items():
+            t = self._tails[key]
+            yield (t.model, t.split), float(b.depth)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1e3 * seconds, 1)

@@ -1,0 +1,129 @@
+"""Every head the scheduler may pick, loaded and allocated up front, so switching is a lookup.
+
+LiteRT interpreters are not thread-safe, so a pool is used from one thread; the runtime keeps a
+second pool (full model only) for finishing frames on the device from another thread.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edge_runtime.interpreter import RuntimeInfo, load_interpreter
+from edge_runtime.manifest import Manifest
+
+FULL = "full"
+
+
+@dataclass
+class _Loaded:
+    interpreter: Any
+    input_index: int
+    output_index: int
+    load_ms: float
+
+
+class HeadPool:
+    """Allocated interpreters by split name (`full` is the whole model)."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        manifest: Manifest,
+        splits: Sequence[str] | None = None,
+        *,
+        num_threads: int | None = None,
+        max_heads: int | None = None,
+        priority: Sequence[str] | None = None,
+        include_full: bool = True,
+    ) -> None:
+        """Load `splits` (default: every split with a head), at most `max_heads` of them.
+
+        With `max_heads`, the first ones in `priority` (most useful first) are kept; the rest are
+        listed in `dropped`, so the caller can tell the scheduler and the user.
+        """
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        wanted = [s.name for s in manifest.splits if s.head] if splits is None else list(splits)
+        for name in wanted:
+            split = manifest.split(name)  # KeyError names the valid splits
+            if split.head is None:
+                raise ValueError(f"Split {name!r} has no head (it is cloud-only).")
+        self.dropped: list[str] = []
+        if max_heads is not None and len(wanted) > max_heads:
+            order = [s for s in (priority or []) if s in wanted] + [s for s in wanted if s not in (priority or [])]
+            keep = set(order[:max_heads])
+            self.dropped = [s for s in wanted if s not in keep]
+            wanted = [s for s in wanted if s in keep]
+        self._pool: dict[str, _Loaded] = {}
+        self.info: RuntimeInfo | None = None
+        for name in wanted:
+            self._load(name, self.bundle / manifest.split(name).head, num_threads)
+        if include_full:
+            self._load(FULL, self.bundle / manifest.full, num_threads)
+
+    @property
+    def loaded(self) -> list[str]:
+        return [n for n in self._pool if n != FULL]
+
+    def has(self, split: str) -> bool:
+        return split in self._pool
+
+    def load_ms(self, split: str) -> float:
+        return self._pool[split].load_ms
+
+    def run(self, split: str, frame: np.ndarray) -> np.ndarray:
+        """The activation at `split` (or the model output for `full`) for one HxWxC frame."""
+        try:
+            loaded = self._pool[split]
+        except KeyError:
+            raise KeyError(f"Head {split!r} is not loaded. Loaded: {sorted(self._pool)}") from None
+        x = np.ascontiguousarray(frame, dtype=np.float32)[None]
+        loaded.interpreter.set_tensor(loaded.input_index, x)
+        loaded.interpreter.invoke()
+        # get_tensor copies, so the next invoke cannot overwrite what the caller holds.
+        return loaded.interpreter.get_tensor(loaded.output_index)[0]
+
+    def close(self) -> None:
+        self._pool.clear()
+
+    def __enter__(self) -> "HeadPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _load(self, name: str, path: Path, num_threads: int | None) -> None:
+        t0 = time.perf_counter()
+        interpreter, info = load_interpreter(path, num_threads=num_threads)
+        self.info = info
+        self._pool[name] = _Loaded(
+            interpreter,
+            interpreter.get_input_details()[0]["index"],
+            interpreter.get_output_details()[0]["index"],
+            (time.perf_counter() - t0) * 1e3,
+        )
+
+
+def useful_heads(manifest: Manifest, profile: dict | None, max_drop_pp: float = 1.0) -> list[str]:
+    """Splits ordered by usefulness: first those no other split beats on both device compute
+    and bytes (within the accuracy budget), then the rest spread by compute."""
+    heads = [s for s in manifest.splits if s.head]
+    best_bytes: dict[str, float] = {}
+    for c in (profile or {}).get("configs", []):
+        if c["drop_pp"] <= max_drop_pp:
+            best_bytes[c["split"]] = min(best_bytes.get(c["split"], float("inf")), c["bytes_mean"])
+    if not best_bytes:
+        best_bytes = {s.name: float(np.prod(s.shape)) for s in heads}
+    front, rest = [], []
+    for s in heads:
+        b = best_bytes.get(s.name, float("inf"))
+        dominated = any(
+            o.head_flops <= s.head_flops and best_bytes.get(o.name, float("inf")) < b
+            for o in heads if o.name != s.name
+        )
+        (rest if dominated else front).append(s.name)
+    return front + rest

@@ -1,0 +1,72 @@
+"""From an edge configuration to the scheduler it runs: the same code the simulator drives.
+
+`device`, `cloud` and `fixed` are the scheduler with a one-configuration table (plus
+device-only, which every table keeps for fallback), so all policies fall back and recover the
+same way.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from scheduler import devices
+from scheduler.bundle import load_bundle
+from scheduler.core import Objective, Slo, Where
+from scheduler.scheduler import Decision, Scheduler, SchedulerParams
+
+
+def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()) -> tuple[Scheduler, float]:
+    """The scheduler for `config` (an EdgeConfig) and the device slow-down factor it assumes."""
+    factor = devices.device_class(config.device_class).factor if config.device_class else 1.0
+    b = load_bundle(bundle)
+    table = b.table(factor, None)  # the real cloud is measured online, not a class
+    excluded = set(exclude)
+    if config.policy == "device":
+        table = table.select(lambda c: False)
+    elif config.policy == "cloud":
+        table = table.select(lambda c: c.where is Where.CLOUD)
+    elif config.policy == "fixed":
+        if config.split == "input":
+            table = table.select(lambda c: c.where is Where.CLOUD)
+        else:
+            table = table.select(lambda c: c.split == config.split and c.bits == config.bits)
+            if len(table) < 2:
+                raise ValueError(f"The profile has no configuration {config.split}/{config.bits}: "
+                                 "pick a profiled split and bit width (see profile.json).")
+    elif excluded:
+        table = table.select(lambda c: c.split not in excluded)
+    slo = Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp)
+    if config.policy == "auto":
+        params = SchedulerParams(pipeline_depth=config.pipeline_depth)
+        return Scheduler(table, Objective.parse(config.objective), slo, params), factor
+    params = SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False)
+    inner = Scheduler(table, Objective.parse(config.objective), slo, params)
+    if config.policy == "device":
+        return inner, factor
+    pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
+    return PinnedScheduler(inner, pinned, config.policy), factor
+
+
+class PinnedScheduler:
+    """One configuration always, except while the cloud is down (then device-only).
+
+    The wrapped scheduler still learns from every observation and owns fallback and probing, so a
+    fixed policy recovers exactly like `auto` does.
+    """
+
+    def __init__(self, inner: Scheduler, index: int, policy: str) -> None:
+        self.inner = inner
+        self.index = index
+        c = inner.table.configs[index]
+        self._decision = Decision(
+            split=c.split, bits=c.bits, where=c.where, key=c.key, index=index, latency_ms=0.0,
+            throughput_fps=0.0, bytes=c.bytes, cloud_ms=c.tail_ms, drop_pp=c.drop_pp,
+            reason=f"policy {policy}: always {c.key}", slo_met=True, fallback=False)
+
+    def decide(self, now_s: float) -> Decision:
+        d = self.inner.decide(now_s)
+        return d if d.fallback else self._decision
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

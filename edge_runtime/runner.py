@@ -1,0 +1,350 @@
+"""The frame loop: decide, run the head, pack, upload, and never lose a frame.
+
+Pipelined in two stages: the main thread runs heads (one board, so all device compute holds one
+lock), sender threads upload; a bounded queue between them applies back-pressure. A frame whose
+upload fails (unreachable, 5xx, timeout, refused) is finished on the device with the full model
+from the frame it still holds, and the scheduler falls back to device-only and probes the cloud
+with back-off. Every frame is answered exactly once: the result table is keyed by frame number
+and a second answer for a frame is an error.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from edge_runtime import packing
+from edge_runtime.heads import FULL, HeadPool, useful_heads
+from edge_runtime.images import encode_jpeg
+from edge_runtime.manifest import INPUT_SPLIT, BundleError, load_manifest
+from edge_runtime.uplink import CloudAnswer, CloudClient, CloudError
+
+POLICIES = ("auto", "device", "cloud", "fixed")
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """How the edge runs; None means infer (see each field)."""
+
+    policy: str = "auto"
+    split: str | None = None  # for policy=fixed
+    bits: int | None = None  # for policy=fixed
+    objective: str = "throughput"
+    slo_ms: float | None = None
+    max_drop_pp: float = 1.0
+    device_class: str | None = None  # pad head times to this board's speed (scheduler.devices)
+    num_threads: int | None = None  # LiteRT threads (None: all cores)
+    max_heads: int | None = None
+    pipeline_depth: int = 4  # frames in flight between the stages
+    senders: int = 2
+    token: str | None = None
+    camera_fps: float | None = None  # frame source rate (None: as fast as the pipeline goes)
+    jpeg_quality: int = 90
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"Expected one of {POLICIES}. Received: policy={self.policy!r}")
+        if self.policy == "fixed" and (self.split is None or self.bits is None):
+            raise ValueError("policy=fixed needs --split NAME and --bits N.")
+        if self.pipeline_depth < 1 or self.senders < 1:
+            raise ValueError("pipeline_depth and senders must be >= 1.")
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    image: np.ndarray
+    label: int | None = None
+    name: str | None = None
+
+
+@dataclass
+class FrameResult:
+    frame: int
+    split: str
+    bits: int | None
+    bytes: int
+    latency_ms: float
+    top1: int
+    where: str  # device | cloud | split
+    fallback: bool
+    label: int | None = None
+    name: str | None = None
+    reason: str = ""
+    t_s: float = 0.0  # completion time since the run started
+    server: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["correct"] = None if self.label is None else bool(self.top1 == self.label)
+        return d
+
+
+class DuplicateAnswerError(RuntimeError):
+    pass
+
+
+class EdgeRuntime:
+    """Owns the heads, the HTTP client and the scheduler for one bundle and one cloud."""
+
+    def __init__(self, bundle: str | Path, cloud_url: str | None, config: EdgeConfig = EdgeConfig(),
+                 *, before_send: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from edge_runtime.policy import build_scheduler  # pure Python + numpy: fine on a board
+
+        self.bundle = Path(bundle)
+        self.config = config
+        self.clock = clock
+        self.manifest = load_manifest(self.bundle)
+        self.profile = _read_optional_json(self.bundle / "profile.json")
+        self.calibration = _load_calibration(self.bundle, self.manifest.model.sha256)
+        self._params = {(c["split"], c["bits"]): c.get("params", "frame")
+                        for c in (self.profile or {}).get("configs", [])}
+        if config.policy != "device" and cloud_url is None:
+            raise ValueError(f"policy={config.policy} needs --cloud URL.")
+        if config.policy == "fixed":
+            self.manifest.split(config.split)  # KeyError names the valid splits
+        heads = self._heads_needed()
+        self.pool = HeadPool(self.bundle, self.manifest, heads, num_threads=config.num_threads,
+                             max_heads=config.max_heads,
+                             priority=useful_heads(self.manifest, self.profile, config.max_drop_pp))
+        self.scheduler, self.device_factor = build_scheduler(self.bundle, config, self.pool.dropped)
+        # A second interpreter of the full model for finishing frames from the sender threads.
+        self.fallback_pool = HeadPool(self.bundle, self.manifest, [], num_threads=config.num_threads)
+        self.client = None
+        if cloud_url is not None:
+            self.client = CloudClient(cloud_url, token=config.token, model=self.manifest.model.name,
+                                      model_sha256=self.manifest.model.sha256, before_send=before_send)
+        self._device_lock = threading.Lock()
+        self._sched_lock = threading.Lock()
+        self._results: dict[int, FrameResult] = {}
+        self._results_lock = threading.Lock()
+        self.events: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def runtime_info(self) -> dict[str, Any]:
+        info = self.pool.info
+        return {"runtime": info.package, "delegate": info.delegate, "num_threads": info.num_threads,
+                "heads_loaded": len(self.pool.loaded), "heads_dropped": self.pool.dropped,
+                "device_class": self.config.device_class or "this-machine",
+                "device_factor": self.device_factor}
+
+    def run(self, frames: Iterable[Frame], on_result: Callable[[FrameResult], None] | None = None) -> list[FrameResult]:
+        """Process every frame; returns the results in frame order (each frame exactly once)."""
+        self._results.clear()
+        self._on_result = on_result
+        self._t0 = self.clock()
+        jobs: queue.Queue = queue.Queue(maxsize=self.config.pipeline_depth)
+        senders = [threading.Thread(target=self._sender, args=(jobs,), daemon=True, name=f"sender-{i}")
+                   for i in range(self.config.senders if self.client else 0)]
+        for t in senders:
+            t.start()
+        expected = 0
+        try:
+            for frame in frames:
+                expected += 1
+                self._process(frame, jobs)
+        finally:
+            for _ in senders:
+                jobs.put(None)
+            for t in senders:
+                t.join()
+        missing = expected - len(self._results)
+        if missing:
+            raise RuntimeError(f"{missing} frames have no answer: this is a bug, please report it.")
+        return [self._results[i] for i in sorted(self._results)]
+
+    def close(self) -> None:
+        if self.client:
+            self.client.close()
+        self.pool.close()
+        self.fallback_pool.close()
+
+    def __enter__(self) -> "EdgeRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ stages
+
+    def _process(self, frame: Frame, jobs: queue.Queue) -> None:
+        if self.config.camera_fps:
+            due = self._t0 + frame.index / self.config.camera_fps
+            delay = due - self.clock()
+            if delay > 0:
+                time.sleep(delay)
+        start = self.clock()
+        with self._sched_lock:
+            if self.client is not None and self.scheduler.probe_due(start):
+                self.scheduler.probe_started(start)
+                probe = True
+            else:
+                probe = False
+            d = self.scheduler.decide(start)
+        if probe:
+            jobs.put(("probe", frame, encode_jpeg(frame.image, self.config.jpeg_quality), None, start))
+        where = d.where.value
+        if where == "device" or self.client is None:
+            probs, ms = self._device_run(self.pool, FULL, frame.image)
+            with self._sched_lock:
+                self.scheduler.observe_device(FULL, ms)
+            self._answer(FrameResult(frame.index, FULL, None, 0, self._ms_since(start), int(np.argmax(probs)),
+                                     "device", bool(d.fallback), frame.label, frame.name, d.reason))
+            return
+        if where == "cloud":
+            t0 = self.clock()
+            payload = encode_jpeg(frame.image, self.config.jpeg_quality)
+            ms = self._pad((self.clock() - t0) * 1e3)
+            jobs.put(("image", frame, payload, d, start))
+            return
+        act, head_ms = self._device_run(self.pool, d.split, frame.image)
+        t0 = self.clock()
+        split = self.manifest.split(d.split)
+        calibrated = self._params.get((d.split, d.bits)) == "calibrated" and d.split in self.calibration
+        payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256, split=split.name,
+                               split_index=split.index,
+                               ranges=self.calibration.get(d.split) if calibrated else None)
+        pack_ms = self._pad((self.clock() - t0) * 1e3)
+        with self._sched_lock:
+            self.scheduler.observe_device(d.split, head_ms + pack_ms)
+        jobs.put(("activation", frame, payload, d, start))
+
+    def _sender(self, jobs: queue.Queue) -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            kind, frame, payload, decision, start = job
+            now = self.clock()
+            with self._sched_lock:
+                timeout = self._timeout_s(len(payload), start)
+            try:
+                if kind == "activation":
+                    answer = self.client.infer(payload, timeout)
+                else:
+                    answer = self.client.infer_image(payload, timeout)
+            except CloudError as e:
+                with self._sched_lock:
+                    self.scheduler.observe_failure(self.clock(), probe=kind == "probe")
+                self.events.append({"t_s": round(now - self._t0, 3), "event": "cloud_error",
+                                    "kind": e.kind, "frame": frame.index, "error": str(e)})
+                if kind != "probe":
+                    self._finish_on_device(frame, decision, start, len(payload), str(e))
+                continue
+            self._observe_answer(kind, answer, len(payload))
+            if kind == "probe":
+                continue
+            where = "cloud" if kind == "image" else "split"
+            self._answer(FrameResult(
+                frame.index, decision.split if kind == "activation" else INPUT_SPLIT,
+                decision.bits if kind == "activation" else None, len(payload),
+                self._ms_since(start), answer.top1, where, False, frame.label, frame.name,
+                decision.reason, server=answer.server))
+
+    def _finish_on_device(self, frame: Frame, decision, start: float, nbytes: int, why: str) -> None:
+        probs, ms = self._device_run(self.fallback_pool, FULL, frame.image)
+        self._answer(FrameResult(frame.index, FULL, None, nbytes, self._ms_since(start),
+                                 int(np.argmax(probs)), "device", True, frame.label, frame.name,
+                                 f"fallback: {why}"))
+
+    def _observe_answer(self, kind: str, answer: CloudAnswer, nbytes: int) -> None:
+        now = self.clock()
+        with self._sched_lock:
+            self.scheduler.observe_upload(now, nbytes, answer.network_s, probe=kind == "probe")
+            self.scheduler.observe_success(now)
+            if kind != "probe":
+                self.scheduler.observe_cloud(answer.split or INPUT_SPLIT, answer.server.get("tail_ms", 0.0),
+                                             answer.server.get("queue_ms", 0.0))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _device_run(self, pool: HeadPool, split: str, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """Run on the (one) board; with a device class, pad to that board's speed."""
+        with self._device_lock:
+            t0 = self.clock()
+            out = pool.run(split, image)
+            return out, self._pad((self.clock() - t0) * 1e3)
+
+    def _pad(self, measured_ms: float) -> float:
+        extra = measured_ms * (self.device_factor - 1.0)
+        if extra > 0:
+            time.sleep(extra / 1e3)
+        return measured_ms * max(self.device_factor, 1.0)
+
+    def _timeout_s(self, nbytes: int, start: float) -> float:
+        """Bounded by the latency SLO: leave time to finish the frame on the device."""
+        timeout = self.scheduler.upload_timeout_s(nbytes)
+        if self.config.slo_ms:
+            full_ms = self.scheduler.table.configs[self.scheduler.table.full_index].head_ms
+            left = self.config.slo_ms / 1e3 - (self.clock() - start) - full_ms / 1e3
+            timeout = min(timeout, max(left, 0.25))
+        return timeout
+
+    def _answer(self, result: FrameResult) -> None:
+        result.t_s = round(self.clock() - self._t0, 4)
+        result.latency_ms = round(result.latency_ms, 3)
+        with self._results_lock:
+            if result.frame in self._results:
+                raise DuplicateAnswerError(f"frame {result.frame} answered twice")
+            self._results[result.frame] = result
+            if self._on_result is not None:
+                self._on_result(result)
+
+    def _ms_since(self, start: float) -> float:
+        return (self.clock() - start) * 1e3
+
+    def _heads_needed(self) -> list[str] | None:
+        if self.config.policy in ("device", "cloud"):
+            return []
+        if self.config.policy == "fixed":
+            return [] if self.config.split == INPUT_SPLIT else [self.config.split]
+        return None  # auto: every head
+
+
+def summarize(results: list[FrameResult], wall_s: float) -> dict[str, Any]:
+    lat = np.array([r.latency_ms for r in results]) if results else np.zeros(1)
+    labelled = [r for r in results if r.label is not None]
+    where = {w: sum(1 for r in results if r.where == w) for w in ("device", "split", "cloud")}
+    switches = sum(1 for a, b in zip(results, results[1:]) if (a.split, a.bits) != (b.split, b.bits)
+                   and a.where != "device" and b.where != "device")
+    return {
+        "summary": True,
+        "frames": len(results),
+        "wall_s": round(wall_s, 3),
+        "throughput_fps": round(len(results) / wall_s, 3) if wall_s > 0 else None,
+        "latency_ms_mean": round(float(lat.mean()), 3),
+        "latency_ms_p95": round(float(np.percentile(lat, 95)), 3),
+        "bytes_per_frame": round(float(np.mean([r.bytes for r in results])) if results else 0.0, 1),
+        "accuracy": round(float(np.mean([r.top1 == r.label for r in labelled])), 4) if labelled else None,
+        "fallbacks": sum(1 for r in results if r.fallback),
+        "where": where,
+        "switches": switches,
+    }
+
+
+def _read_optional_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"Cannot read {path}: {e}") from e
+
+
+def _load_calibration(bundle: Path, sha256: str) -> dict[str, packing.ChannelRanges]:
+    data = _read_optional_json(bundle / "calibration.json")
+    if not data:
+        return {}
+    if data.get("model_sha256") != sha256:
+        raise BundleError(f"{bundle / 'calibration.json'} belongs to another model: re-run "
+                          "python -m converter.profile.")
+    return {name: packing.ChannelRanges.from_json(r) for name, r in data.get("splits", {}).items()}

@@ -1,0 +1,144 @@
+"""The edge's HTTP client: one keep-alive session, bounded timeouts, no hidden retries.
+
+A failed upload is never retried here: the runtime finishes that frame on the device instead and
+the scheduler decides when to try the cloud again, so a dead server costs one timeout, not a
+retry storm. Every answer carries the server's own timings, so the network share of the elapsed
+time (what the bandwidth estimator needs) is the elapsed time minus the server's.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import requests
+from requests.adapters import HTTPAdapter
+
+PACKED_CONTENT_TYPE = "application/x-splitinfer-activation"
+
+
+class CloudError(Exception):
+    """The cloud did not answer usefully; `kind` says how (for fallback and metrics)."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind  # unreachable | timeout | server | rejected
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying the cloud again later (as opposed to a request the server refuses)."""
+        return self.kind != "rejected"
+
+
+@dataclass(frozen=True)
+class CloudAnswer:
+    top1: int
+    top_k: list[dict[str, Any]]
+    label: str | None
+    split: str
+    elapsed_s: float  # request sent to answer parsed, on the edge's clock
+    server: dict[str, float] = field(default_factory=dict)  # decode/queue/tail/total ms, batch
+
+    @property
+    def network_s(self) -> float:
+        """Elapsed time not spent inside the server: upload, RTT, download."""
+        return max(self.elapsed_s - self.server.get("total_ms", 0.0) / 1e3, 1e-6)
+
+
+class CloudClient:
+    """Talks to one cloud_runtime service."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        model: str | None = None,
+        model_sha256: str | None = None,
+        before_send: Callable[[int], None] | None = None,
+    ) -> None:
+        """`before_send(nbytes)` runs before each upload: the in-process link emulator's hook."""
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"Expected an http(s):// URL for the cloud. Received: {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.before_send = before_send
+        self._session = requests.Session()
+        adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=16)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._headers = {}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        if model_sha256:
+            self._headers["X-Model-Sha256"] = model_sha256
+
+    def infer(self, payload: bytes, timeout_s: float) -> CloudAnswer:
+        """POST a packed activation; the codec's header names model, split and bits."""
+        return self._post("/v1/infer", payload, PACKED_CONTENT_TYPE, timeout_s)
+
+    def infer_image(self, image: bytes, timeout_s: float, content_type: str = "image/jpeg") -> CloudAnswer:
+        """POST a whole frame (cloud-only)."""
+        params = f"?model={self.model}" if self.model else ""
+        return self._post(f"/v1/infer/image{params}", image, content_type, timeout_s)
+
+    def ping(self, timeout_s: float = 1.0) -> float:
+        """Round-trip time of the cheapest request, in ms (raises CloudError)."""
+        t0 = time.perf_counter()
+        try:
+            r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s)
+        except requests.Timeout as e:
+            raise CloudError("timeout", f"no answer to /healthz within {timeout_s:.2f} s") from e
+        except requests.RequestException as e:
+            raise CloudError("unreachable", f"cloud unreachable: {type(e).__name__}") from e
+        if r.status_code != 200:
+            raise CloudError("server", f"/healthz answered {r.status_code}", r.status_code)
+        return (time.perf_counter() - t0) * 1e3
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "CloudClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _post(self, path: str, body: bytes, content_type: str, timeout_s: float) -> CloudAnswer:
+        headers = {**self._headers, "Content-Type": content_type}
+        t0 = time.perf_counter()
+        if self.before_send is not None:  # an emulated link's delay is part of the upload
+            self.before_send(len(body))
+        try:
+            # (connect, read) timeouts: both bounded by what the latency SLO allows.
+            r = self._session.post(f"{self.base_url}{path}", data=body, headers=headers,
+                                   timeout=(min(timeout_s, 3.0), timeout_s))
+        except requests.Timeout as e:
+            raise CloudError("timeout", f"no answer within {timeout_s:.2f} s") from e
+        except requests.RequestException as e:
+            raise CloudError("unreachable", f"cloud unreachable: {type(e).__name__}") from e
+        elapsed = time.perf_counter() - t0
+        try:
+            data = r.json()
+        except ValueError:
+            data = {}
+        if r.status_code >= 500:
+            raise CloudError("server", f"cloud answered {r.status_code}: {data.get('error', r.reason)}",
+                             r.status_code)
+        if r.status_code != 200:
+            raise CloudError("rejected", f"cloud refused the request ({r.status_code}): "
+                             f"{data.get('error', r.reason)}", r.status_code)
+        try:
+            top_k = data["top_k"]
+            return CloudAnswer(
+                top1=int(top_k[0]["class"]),
+                top_k=top_k,
+                label=data.get("label"),
+                split=str(data.get("split", "")),
+                elapsed_s=elapsed,
+                server={k: float(data[k]) for k in ("decode_ms", "queue_ms", "tail_ms", "total_ms",
+                                                    "batch_size") if k in data},
+            )
+        except (KeyError, IndexError, TypeError, ValueError) as e:
+            raise CloudError("server", f"malformed answer from the cloud: {e}") from e

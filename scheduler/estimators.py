@@ -1,0 +1,143 @@
+"""Online estimators fed by what the edge sees: uploads, RTTs, its own and the cloud's latencies.
+
+Pure functions do the maths (so tests can state properties of them); small classes keep the
+recent samples.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+
+def harmonic_mean(rates: Sequence[float], weights: Sequence[float] | None = None) -> float:
+    """Weighted harmonic mean. With weights = bytes it is total bytes / total time, the rate a
+    stream of such transfers actually got; one fast outlier barely moves it."""
+    if not rates:
+        raise ValueError("harmonic_mean of no samples")
+    if weights is None:
+        weights = [1.0] * len(rates)
+    if len(weights) != len(rates):
+        raise ValueError(f"{len(rates)} rates but {len(weights)} weights")
+    if any(r <= 0 for r in rates) or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError("harmonic_mean needs rates > 0 and weights >= 0 with a positive sum")
+    return sum(weights) / sum(w / r for r, w in zip(rates, weights))
+
+
+def robust_rate(rates: Sequence[float], weights: Sequence[float], clip: float = 4.0) -> float:
+    """Harmonic mean after clipping each rate into [median/clip, median*clip].
+
+    The harmonic mean alone is dragged to zero by one stalled transfer; clipping around the
+    median bounds what any single sample can do while keeping the estimate within
+    [min(rates), max(rates)].
+    """
+    srt = sorted(rates)
+    n = len(srt)
+    med = srt[n // 2] if n % 2 else math.sqrt(srt[n // 2 - 1] * srt[n // 2])
+    lo, hi = med / clip, med * clip
+    return harmonic_mean([min(max(r, lo), hi) for r in rates], weights)
+
+
+@dataclass(frozen=True)
+class UploadSample:
+    t_s: float
+    nbytes: float
+    seconds: float     # transfer time net of one RTT
+    rate_bps: float
+    small: bool
+
+
+class BandwidthEstimator:
+    """Uplink bandwidth from recent transfers.
+
+    - Each upload gives rate = bytes * 8 / (seconds - rtt): `seconds` is first byte sent to the
+      server's acknowledgement, which includes one round trip; `rtt` should be the minimum
+      recent RTT (jitter then only lengthens the transfer, so rates err low, never high).
+    - A transfer whose time net of the RTT is under `min_net_s` (or a quarter of the RTT) is
+      dominated by RTT jitter and slow start, not by the link: its rate is only a lower bound,
+      so such samples are used only when no longer transfer is in the window, and then only to
+      raise the estimate (or, consistently above it, to signal a step up). Small payloads on a
+      slow link take long enough to count fully.
+    - Only samples count, not wall time, so idle gaps (device-only stretches) do not read as zero
+      bandwidth.
+    - The window holds at most `window` samples no older than `max_age_s` before the newest.
+      When the last `change_samples` samples all differ from the estimate by more than
+      `change_factor` in the same direction, the older ones are dropped: a step change is
+      followed after three transfers instead of a full window, while one or two outliers (a
+      burst or a stall of a bursty cellular link) are not enough.
+    """
+
+    def __init__(self, window: int = 24, max_age_s: float = 2.0, min_net_s: float = 0.010,
+                 clip: float = 4.0, change_samples: int = 3, change_factor: float = 2.5) -> None:
+        if window < 1 or change_samples < 1:
+            raise ValueError(f"window and change_samples must be >= 1, got {window}, "
+                             f"{change_samples}")
+        self.window, self.max_age_s, self.min_net_s = window, max_age_s, min_net_s
+        self.clip, self.change_samples, self.change_factor = clip, change_samples, change_factor
+        self._samples: deque[UploadSample] = deque(maxlen=window)
+        self._estimate: float | None = None
+        self.last_t_s: float | None = None
+
+    def add(self, t_s: float, nbytes: float, seconds: float, rtt_s: float = 0.0) -> None:
+        if nbytes <= 0 or seconds <= 0 or not math.isfinite(seconds):
+            raise ValueError(f"an upload sample needs nbytes > 0 and 0 < seconds < inf, got "
+                             f"nbytes={nbytes}, seconds={seconds}")
+        rtt_s = max(rtt_s, 0.0)
+        raw = seconds - rtt_s
+        small = raw < max(self.min_net_s, 0.25 * rtt_s)
+        # a short transfer's rate is a lower bound: with the minimum RTT subtracted, what is
+        # left is the transfer plus this request's jitter, never less than the transfer
+        net = max(raw, 1e-3) if small else max(raw, 0.25 * seconds)
+        s = UploadSample(t_s, nbytes, net, nbytes * 8.0 / net, small)
+        self._samples.append(s)
+        self.last_t_s = t_s
+        while self._samples and self._samples[0].t_s < t_s - self.max_age_s:
+            self._samples.popleft()
+        est = self._estimate
+        recent = list(self._samples)[-self.change_samples:]
+        if est is not None and len(recent) == self.change_samples and (
+                # a lower bound above the estimate proves it faster; only full samples prove
+                # it slower
+                all(x.rate_bps > est * self.change_factor for x in recent)
+                or all(not x.small and x.rate_bps < est / self.change_factor for x in recent)):
+            self._samples = deque(recent, maxlen=self.window)
+        self._estimate = self._compute()
+
+    def _compute(self) -> float | None:
+        big = [x for x in self._samples if not x.small]
+        if big:
+            return robust_rate([x.rate_bps for x in big], [x.nbytes for x in big], self.clip)
+        if not self._samples:
+            return self._estimate
+        # only lower bounds: the tightest one (their median, so one lucky sample does not
+        # decide), never below what is already known
+        lows = sorted(x.rate_bps for x in self._samples)
+        rate = lows[len(lows) // 2]
+        return rate if self._estimate is None else max(rate, self._estimate)
+
+    @property
+    def estimate_bps(self) -> float | None:
+        return self._estimate
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+class Ewma:
+    """Exponentially weighted mean; the first sample initialises it."""
+
+    def __init__(self, alpha: float, initial: float | None = None) -> None:
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.value = initial
+        self.n = 0
+
+    def add(self, x: float) -> float:
+        if not math.isfinite(x):
+            raise ValueError(f"EWMA sample must be finite, got {x}")
+        self.value = x if self.value is None or self.n == 0 else (
+            self.value + self.alpha * (x - self.value))
+        self.n += 1
+        return self.value

@@ -1,0 +1,324 @@
+"""The online scheduler: estimates + hysteresis + fallback around the pure model in core.py.
+
+The live edge runtime and the simulator drive the same object: they report what they observe
+(`observe_*`) with their own clock's time and ask `decide(now_s)` before each frame. Nothing here
+reads a clock or does I/O.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+from scheduler.core import (Choice, CompiledChooser, ConfigTable, Evaluation, Objective,
+                            Predictions, Slo, State, Where, estimate_all)
+from scheduler.estimators import BandwidthEstimator, Ewma
+
+
+@dataclass(frozen=True)
+class SchedulerParams:
+    """Tuning knobs; the defaults are what the tests and benchmarks use."""
+
+    initial_bandwidth_bps: float = 1e6     # before any upload: a pessimistic cellular uplink
+    initial_rtt_ms: float = 60.0
+    pipeline_depth: int = 6                # frames in flight the runtime allows
+    margin: float = 0.10                   # switch only to a config better by this fraction...
+    dwell_s: float = 0.4                   # ...for this long
+    jump_margin: float = 0.5               # better by this much: switch at once
+    probe_interval_s: float = 0.5          # while device-only, keep bandwidth known
+    probe_bytes: int = 12_000
+    backoff_initial_s: float = 0.5         # after a failure: first retry...
+    backoff_max_s: float = 8.0             # ...doubling up to this
+    timeout_min_s: float = 1.0             # an upload is failed after max(this, k * predicted)
+    timeout_factor: float = 4.0
+    scale_alpha: float = 0.2               # EWMA weight for device/cloud/queue/RTT samples
+    relief: bool = True                    # run frames locally while the uplink is backlogged
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with the next frame, and why."""
+
+    split: str
+    bits: int | None
+    where: Where
+    key: str
+    index: int
+    latency_ms: float
+    throughput_fps: float
+    bytes: float
+    cloud_ms: float
+    drop_pp: float
+    reason: str
+    slo_met: bool
+    fallback: bool
+    relief: bool = False      # this frame runs locally because the uplink is backlogged
+
+
+class Scheduler:
+    """Chooses (split, bits) per frame for an objective under an SLO.
+
+    Hysteresis: the current configuration is kept until another one is better by `margin`
+    (relative objective, or relative SLO violation when the current one breaks the SLO)
+    continuously for `dwell_s`, or by `jump_margin` at once. With the bandwidth estimator's step
+    detection, a bandwidth step is followed in well under 2 s; noise within the margin never
+    switches.
+
+    Fallback: `observe_failure` sends every frame to the device and schedules retries with
+    exponential back-off (`probe_due`); `observe_success` onloads again.
+
+    Device relief (params.relief): the scheduler keeps a prediction of when the uplink drains
+    (from its own offload decisions and the bandwidth estimate). While the chosen configuration
+    offloads and that backlog exceeds what a local run would cost the device (full_ms - head_ms)
+    plus one upload (for objectives without throughput: while running locally would finish
+    sooner), a frame is
+    run whole on the device instead. The chosen configuration does not change (no switch is
+    counted); the model credits these frames in its throughput prediction (core.py).
+    """
+
+    def __init__(self, table: ConfigTable, objective: Objective, slo: Slo,
+                 params: SchedulerParams | None = None) -> None:
+        self.table = table
+        self.objective = objective
+        self.slo = slo
+        self.p = params or SchedulerParams()
+        a = self.p.scale_alpha
+        self.bandwidth = BandwidthEstimator()
+        self.rtt = Ewma(a, self.p.initial_rtt_ms)       # mean RTT, for latency predictions
+        self._rtt_recent: deque[float] = deque(maxlen=32)  # min RTT: the bandwidth baseline
+        self.queue = Ewma(a, 0.0)
+        self.device_scale = Ewma(a, 1.0)
+        self.cloud_scale = Ewma(a, 1.0)
+        # device-only is the incumbent until something beats it by the margin; None: pick the
+        # best at once (after a fallback ends)
+        self._current: int | None = table.full_index
+        self._last_index: int | None = None
+        self._better_since: float | None = None
+        self._cloud_ok = True
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._last_upload_s = -math.inf
+        self._probe_in_flight = False
+        self.switches = 0
+        self.relief_frames = 0
+        self._uplink_free_s = -math.inf     # predicted time the uplink drains
+        self._outstanding = 0               # offloaded frames without an answer yet
+        self._thr_objective = any(m.value == "throughput" for m, _ in objective.weights) or \
+            slo.min_throughput_fps is not None
+        self._full_ms = table.configs[table.full_index].head_ms
+        self._chooser = CompiledChooser(table, objective, slo)
+        # per-config constants the observations are compared against
+        self._dev_ref = {c.split: c.head_ms for c in table.configs if c.head_ms > 0}
+        self._tail_ref = {c.split: c.tail_ms for c in table.configs if c.where is not Where.DEVICE}
+
+    # --- observations ----------------------------------------------------------------------
+
+    def observe_upload(self, now_s: float, nbytes: float, seconds: float,
+                       probe: bool = False) -> None:
+        """An upload of `nbytes` took `seconds` from first byte to the server's acknowledgement
+        (`probe`: it was a probe, not a frame)."""
+        if not probe:
+            self._outstanding = max(0, self._outstanding - 1)
+        base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
+        self.bandwidth.add(now_s, nbytes, seconds, base / 1e3)
+        self._last_upload_s = now_s
+        self._probe_in_flight = False
+
+    def observe_rtt(self, now_s: float, rtt_ms: float) -> None:
+        if rtt_ms < 0:
+            raise ValueError(f"rtt_ms must be >= 0, got {rtt_ms}")
+        self.rtt.add(rtt_ms)
+        self._rtt_recent.append(rtt_ms)
+
+    def observe_device(self, split: str, ms: float) -> None:
+        """The device ran `split`'s head (or 'full', the whole model) in `ms`, packing excluded."""
+        ref = self._dev_ref.get(split)
+        if ref and ref > 0 and ms > 0:
+            self.device_scale.add(min(max(ms / ref, 0.2), 5.0))
+
+    def observe_cloud(self, split: str, tail_ms: float, queue_ms: float) -> None:
+        """The server's answer: its tail compute and queueing time for that frame."""
+        ref = self._tail_ref.get(split)
+        if ref and ref > 0 and tail_ms > 0:
+            self.cloud_scale.add(min(max(tail_ms / ref, 0.1), 10.0))
+        self.queue.add(max(queue_ms, 0.0))
+
+    def observe_failure(self, now_s: float, probe: bool = False) -> None:
+        """Cloud down, 5xx or timeout: go device-only and retry with exponential back-off."""
+        if not probe:
+            self._outstanding = max(0, self._outstanding - 1)
+        self._failures += 1
+        self._cloud_ok = False
+        self._probe_in_flight = False
+        delay = min(self.p.backoff_initial_s * 2 ** (self._failures - 1), self.p.backoff_max_s)
+        self._retry_at = now_s + delay
+
+    def observe_success(self, now_s: float) -> None:
+        """An upload or probe got its answer: the cloud is reachable."""
+        if not self._cloud_ok:
+            self._current = None    # device-only was forced, not chosen: pick afresh, no dwell
+        self._failures = 0
+        self._cloud_ok = True
+        self._probe_in_flight = False
+
+    # --- probing ---------------------------------------------------------------------------
+
+    @property
+    def cloud_ok(self) -> bool:
+        return self._cloud_ok
+
+    @property
+    def retry_at_s(self) -> float:
+        return self._retry_at
+
+    def probe_due(self, now_s: float) -> bool:
+        """Whether the runtime should send a probe upload of `params.probe_bytes` now.
+
+        Only while frames run device-only: after a failure at the back-off time; otherwise when
+        no upload has measured the link for `probe_interval_s`. One probe at a time.
+        """
+        if self._probe_in_flight:
+            return False
+        if not self._cloud_ok:
+            return now_s >= self._retry_at
+        on_device = self._current is None or self.table.configs[self._current].where is Where.DEVICE
+        return on_device and now_s >= self._last_upload_s + self.p.probe_interval_s
+
+    @property
+    def chosen(self):
+        """The chosen configuration (relief frames aside), or None before the first decision
+        after a fallback."""
+        return None if self._current is None else self.table.configs[self._current]
+
+    def probe_started(self, now_s: float) -> None:
+        self._probe_in_flight = True
+
+    def upload_timeout_s(self, nbytes: float) -> float:
+        """How long the runtime should wait for an upload before calling observe_failure."""
+        st = self.state()
+        predicted = st.rtt_ms / 1e3 + nbytes * 8.0 / st.bandwidth_bps
+        return max(self.p.timeout_min_s, self.p.timeout_factor * predicted)
+
+    # --- deciding --------------------------------------------------------------------------
+
+    def state(self) -> State:
+        bw = self.bandwidth.estimate_bps or self.p.initial_bandwidth_bps
+        return State(bandwidth_bps=bw, rtt_ms=float(self.rtt.value or 0.0),
+                     queue_ms=float(self.queue.value or 0.0),
+                     device_scale=float(self.device_scale.value or 1.0),
+                     cloud_scale=float(self.cloud_scale.value or 1.0),
+                     pipeline_depth=self.p.pipeline_depth,
+                     mix_full_ms=(self._full_ms * float(self.device_scale.value or 1.0)
+                                  if self.p.relief else 0.0))
+
+    def predictions(self) -> Predictions:
+        """Every configuration's prediction under the current estimates (for inspection)."""
+        return estimate_all(self.table, self.state())
+
+    def decide(self, now_s: float) -> Decision:
+        """The configuration for a frame starting now: hysteresis, fallback, device relief.
+
+        Call it once per frame and run what it says: offload decisions are booked on the
+        predicted uplink backlog."""
+        st = self.state()
+        d = self._decide_primary(now_s, st)
+        if d.where is Where.DEVICE:
+            return d
+        c = self.table.configs[d.index]
+        dev_s = c.head_ms * st.device_scale / 1e3 + c.pack_ms * st.device_scale / 1e3
+        up_s = c.bytes * 8.0 / st.bandwidth_bps
+        head_done = now_s + dev_s
+        wait = self._uplink_free_s - head_done
+        full_s = st.mix_full_ms / 1e3
+        if not self.p.relief:
+            relieve = False
+        elif self._outstanding >= self.p.pipeline_depth:
+            relieve = True            # in-flight limit: the device would only wait
+        elif wait <= 0:
+            relieve = False
+        elif self._thr_objective:     # keep about one upload queued so the link never idles
+            relieve = wait > full_s - dev_s + up_s
+        else:
+            done_off = head_done + wait + up_s + (st.rtt_ms + st.queue_ms + d.cloud_ms) / 1e3
+            relieve = now_s + full_s < done_off
+        if relieve:
+            self.relief_frames += 1
+            i = self.table.full_index
+            f = self.table.configs[i]
+            return Decision(split=f.split, bits=f.bits, where=f.where, key=f.key, index=i,
+                            latency_ms=st.mix_full_ms, throughput_fps=d.throughput_fps,
+                            bytes=0.0, cloud_ms=0.0, drop_pp=f.drop_pp,
+                            reason=f"relief: uplink backlogged {max(wait, 0) * 1e3:.0f} ms, "
+                                   f"{self._outstanding} in flight; {d.key} stays chosen",
+                            slo_met=d.slo_met,
+                            fallback=False, relief=True)
+        self._uplink_free_s = max(head_done, self._uplink_free_s) + up_s
+        self._outstanding += 1
+        return d
+
+    def _decide_primary(self, now_s: float, st: State) -> Decision:
+        """The chosen configuration (hysteresis and fallback), before device relief."""
+        ev = self._chooser.evaluate(st)
+        if not self._cloud_ok:
+            i = self.table.full_index
+            self._set(i, now_s)
+            return self._decision(i, ev, st, f"fallback: cloud unreachable ({self._failures} "
+                                  f"failures), retry at {self._retry_at:.2f}s", True)
+        best: Choice = self._chooser.best(ev)
+        cur = self._current
+        if cur is None or cur == best.index:
+            self._better_since = None
+            self._set(best.index, now_s)
+            return self._decision(best.index, ev, st, best.reason, False)
+        gain = self._gain(ev, cur, best.index)
+        if gain >= self.p.jump_margin:
+            self._set(best.index, now_s)
+            return self._decision(best.index, ev, st,
+                                  f"{best.reason}; switched at once ({gain:.0%} better)", False)
+        if gain >= self.p.margin:
+            if self._better_since is None:
+                self._better_since = now_s
+            if now_s - self._better_since >= self.p.dwell_s:
+                self._set(best.index, now_s)
+                return self._decision(best.index, ev, st,
+                                      f"{best.reason}; switched after {self.p.dwell_s}s "
+                                      f"({gain:.0%} better)", False)
+            why = f"kept (a config {gain:.0%} better for {now_s - self._better_since:.2f}s)"
+        else:
+            self._better_since = None
+            why = f"kept (best alternative only {gain:.0%} better)"
+        return self._decision(cur, ev, st, why, False)
+
+    def _gain(self, ev: Evaluation, cur: int, best: int) -> float:
+        """How much better `best` is than `cur`, as a fraction (>= 0)."""
+        acc, other, s = ev.acc, ev.other, ev.score
+        if acc[cur] > acc[best] + 1e-9:
+            return 1.0                                  # accuracy bound: always worth it
+        oc, ob = float(other[cur]), float(other[best])
+        if oc > 0 and ob <= 0:
+            # leaving an SLO violation: urgent in proportion to how badly it is violated
+            return min(1.0, self.p.margin + oc)
+        if oc > 0:
+            return (oc - ob) / oc
+        sc = float(s[cur])
+        return max(0.0, (sc - float(s[best])) / max(sc, 1e-12))
+
+    def _set(self, i: int, now_s: float) -> None:
+        if i != self._last_index and self._last_index is not None:
+            self.switches += 1
+        self._last_index = i
+        if i != self._current:
+            self._better_since = None
+        self._current = i
+
+    def _decision(self, i: int, ev: Evaluation, st: State, reason: str,
+                  fallback: bool) -> Decision:
+        c = self.table.configs[i]
+        met = bool(ev.acc[i] <= 0.0 and ev.other[i] <= 0.0)
+        return Decision(split=c.split, bits=c.bits, where=c.where, key=c.key, index=i,
+                        latency_ms=float(ev.latency_ms[i]),
+                        throughput_fps=self._chooser.throughput_at(ev, i, st),
+                        bytes=c.bytes if c.where is not Where.DEVICE else 0.0,
+                        cloud_ms=float(ev.cloud_ms[i]), drop_pp=c.drop_pp, reason=reason,
+                        slo_met=met, fallback=fallback)

@@ -1,0 +1,195 @@
+"""The edge runtime with real interpreters and a real cloud server that dies and comes back."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from edge_runtime.heads import HeadPool, useful_heads
+from edge_runtime.manifest import load_manifest
+from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame
+from tests.conftest import REPO, run_module
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CloudProcess:
+    """A real `python -m cloud_runtime` on a loopback port, restartable on the same port."""
+
+    def __init__(self, bundle: Path, log: Path):
+        self.bundle, self.log, self.port = bundle, log, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloud_runtime", "--bundle", str(self.bundle), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            cwd=REPO, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cloud exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        raise RuntimeError("cloud not ready in time")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def profiled_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("edge-images")
+    rng = np.random.default_rng(5)
+    rows = ["file,label"]
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 10}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    if not (tiny_bundle / "profile.json").exists():
+        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
+        assert r.returncode == 0, r.stderr
+    r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
+    assert r.returncode == 0, r.stderr
+    tiny_bundle.joinpath("images").mkdir(exist_ok=True)
+    return tiny_bundle, folder
+
+
+@pytest.fixture(scope="module")
+def cloud(profiled_bundle, tmp_path_factory):
+    server = CloudProcess(profiled_bundle[0], tmp_path_factory.mktemp("cloud") / "cloud.log")
+    server.start()
+    yield server
+    server.kill()
+
+
+def frames(n: int, seed: int = 0) -> list[Frame]:
+    rng = np.random.default_rng(seed)
+    return [Frame(i, rng.uniform(0, 255, (32, 32, 3)).astype(np.float32), i % 10) for i in range(n)]
+
+
+def test_head_pool_keeps_every_head_ready(profiled_bundle):
+    bundle, _ = profiled_bundle
+    manifest = load_manifest(bundle)
+    with HeadPool(bundle, manifest, num_threads=1) as pool:
+        assert set(pool.loaded) == {s.name for s in manifest.splits if s.head}
+        x = frames(1)[0].image
+        for s in manifest.splits[1:]:
+            assert pool.run(s.name, x).shape == s.shape
+        assert pool.run("full", x).shape == manifest.model.output_shape
+        assert pool.info.package == "ai_edge_litert" and pool.info.num_threads == 1
+
+
+def test_max_heads_keeps_the_most_useful(profiled_bundle):
+    bundle, _ = profiled_bundle
+    manifest = load_manifest(bundle)
+    profile = json.loads((bundle / "profile.json").read_text())
+    order = useful_heads(manifest, profile)
+    assert sorted(order) == sorted(s.name for s in manifest.splits if s.head)
+    with HeadPool(bundle, manifest, max_heads=2, priority=order) as pool:
+        assert pool.loaded == [n for n in manifest.split_names if n in order[:2]]
+        assert len(pool.dropped) == len(order) - 2
+
+
+def test_device_policy_answers_every_frame_locally(profiled_bundle):
+    bundle, _ = profiled_bundle
+    with EdgeRuntime(bundle, None, EdgeConfig(policy="device")) as rt:
+        results = rt.run(frames(20))
+    assert [r.frame for r in results] == list(range(20))
+    assert all(r.where == "device" and not r.fallback for r in results)
+
+
+def test_fixed_split_goes_through_the_cloud_and_agrees_with_the_device(profiled_bundle, cloud):
+    bundle, _ = profiled_bundle
+    fs = frames(30, seed=2)
+    with EdgeRuntime(bundle, None, EdgeConfig(policy="device")) as rt:
+        local = [r.top1 for r in rt.run(fs)]
+    with EdgeRuntime(bundle, cloud.url, EdgeConfig(policy="fixed", split="res_add", bits=32)) as rt:
+        remote = rt.run(fs)
+    assert all(r.where == "split" and r.split == "res_add" and r.bytes > 0 for r in remote)
+    assert np.mean([a == b.top1 for a, b in zip(local, remote)]) >= 0.95
+    assert all("tail_ms" in r.server for r in remote)
+
+
+def test_cloud_killed_and_restarted_mid_stream_loses_no_frame(profiled_bundle, cloud):
+    bundle, _ = profiled_bundle
+    n = 1200
+    config = EdgeConfig(policy="fixed", split="res_add", bits=8, camera_fps=40, slo_ms=500)
+    results: list = []
+    with EdgeRuntime(bundle, cloud.url, config) as rt:
+        worker = threading.Thread(target=lambda: results.extend(rt.run(frames(n, seed=3))))
+        worker.start()
+        time.sleep(2.0)
+        cloud.kill()
+        time.sleep(1.0)
+        cloud.start()
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+    assert [r.frame for r in results] == list(range(n))  # each frame once, none lost
+    fallbacks = [r for r in results if r.fallback]
+    assert fallbacks, "the dead cloud must have caused fallbacks"
+    last_fallback = max(r.frame for r in fallbacks)
+    after = [r for r in results if r.frame > last_fallback]
+    timeline = [(r.frame, r.where, r.fallback) for r in results[::50]]
+    assert after and all(r.where == "split" for r in after), f"onloading must resume: {timeline}"
+    assert all(r.where == "split" for r in results if r.frame < min(r.frame for r in fallbacks))
+
+
+def test_cli_jsonl_and_errors(profiled_bundle, cloud, tmp_path):
+    bundle, images = profiled_bundle
+    out = tmp_path / "run.jsonl"
+    r = run_module("edge_runtime", "--bundle", str(bundle), "--cloud", cloud.url, "--policy", "fixed",
+                   "--split", "pw", "--bits", "4", "--images", str(images), "--jsonl", str(out))
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 17 and lines[-1]["summary"] and lines[-1]["frames"] == 16
+    for key in ("frame", "split", "bits", "bytes", "latency_ms", "top1", "where", "fallback"):
+        assert key in lines[0]
+    assert {x["frame"] for x in lines[:-1]} == set(range(16))
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(wrong / "a.png")
+    cases = [
+        (["--bundle", str(tmp_path / "none"), "--images", str(images)], "No bundle"),
+        (["--bundle", str(bundle), "--cloud", cloud.url, "--policy", "fixed", "--images", str(images)], "--split"),
+        (["--bundle", str(bundle), "--cloud", cloud.url, "--images", str(wrong)], "32x32"),
+        (["--bundle", str(bundle), "--images", str(images)], "--cloud"),
+        (["--bundle", str(bundle), "--cloud", cloud.url, "--policy", "fixed", "--split", "nope",
+          "--bits", "4", "--images", str(images)], "Unknown split"),
+    ]
+    for args, message in cases:
+        r = run_module("edge_runtime", *args)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr

@@ -1,0 +1,387 @@
+"""Scheduler core: estimators, the latency model, the chooser, hysteresis, fallback, probing."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler import devices
+from scheduler.bundle import build_configs, load_bundle
+from scheduler.core import (CompiledChooser, Config, ConfigTable, Metric, Objective, Slo, State,
+                            Where, choose, estimate, estimate_all)
+from scheduler.estimators import BandwidthEstimator, Ewma, harmonic_mean, robust_rate
+from scheduler.formats import FormatError, load_profile
+from scheduler.scheduler import Scheduler, SchedulerParams
+
+FIXTURES = Path(__file__).parent / "fixtures" / "scheduler"
+
+rates = st.floats(min_value=1e3, max_value=1e9, allow_nan=False, allow_infinity=False)
+
+
+def fixture_table(device: str = "rpi4", cloud: str = "gpu") -> ConfigTable:
+    return load_bundle(FIXTURES).table(devices.device_class(device).factor,
+                                       devices.cloud_class(cloud))
+
+
+def feed(s: Scheduler, t0: float, t1: float, mbps: float, nbytes: float = 20_000,
+         every_s: float = 0.05, rtt_ms: float = 60.0, rng: np.random.Generator | None = None,
+         noise: float = 0.0) -> float:
+    """Uploads of nbytes at a bandwidth of mbps from t0 to t1; returns the time reached."""
+    t = t0
+    while t < t1:
+        bw = mbps * 1e6 * (float(rng.lognormal(0, noise)) if rng is not None else 1.0)
+        s.observe_rtt(t, rtt_ms)
+        s.observe_upload(t, nbytes, nbytes * 8 / bw + rtt_ms / 1e3)
+        t += every_s
+    return t
+
+
+# --- estimators -----------------------------------------------------------------------------
+
+@given(st.lists(rates, min_size=1, max_size=30))
+def test_harmonic_mean_is_bounded_by_the_samples(xs):
+    h = harmonic_mean(xs)
+    assert min(xs) * (1 - 1e-9) <= h <= max(xs) * (1 + 1e-9)
+
+
+@given(st.lists(rates, min_size=1, max_size=30),
+       st.lists(st.floats(min_value=1.0, max_value=1e6), min_size=30, max_size=30))
+def test_weighted_robust_rate_is_bounded_by_the_samples(xs, ws):
+    r = robust_rate(xs, ws[:len(xs)])
+    assert min(xs) * (1 - 1e-9) <= r <= max(xs) * (1 + 1e-9)
+
+
+@given(rates, st.floats(min_value=1e-3, max_value=1e3), st.integers(min_value=4, max_value=8))
+def test_one_outlier_moves_the_robust_rate_little(base, factor, n):
+    """Seven transfers at `base` and one at base*factor (a stall or a burst): within 2x."""
+    xs = [base] * (n - 1) + [base * factor]
+    r = robust_rate(xs, [1.0] * n)
+    assert base / 2 <= r <= base * 2
+
+
+@given(rates, st.floats(min_value=5.0, max_value=1e3))
+def test_harmonic_mean_shrugs_off_one_fast_outlier(base, factor):
+    assert harmonic_mean([base] * 7 + [base * factor]) <= base * 8 / 7 * (1 + 1e-9)
+
+
+def test_harmonic_mean_rejects_bad_input():
+    with pytest.raises(ValueError):
+        harmonic_mean([])
+    with pytest.raises(ValueError):
+        harmonic_mean([1.0, 0.0])
+
+
+def test_bandwidth_estimator_subtracts_rtt_and_ignores_idle_gaps():
+    b = BandwidthEstimator()
+    b.add(0.0, 100_000, 0.8 + 0.06, rtt_s=0.06)       # 1 Mbit/s + one RTT
+    assert b.estimate_bps == pytest.approx(1e6, rel=1e-6)
+    b.add(100.0, 100_000, 0.8 + 0.06, rtt_s=0.06)     # 100 s idle: still 1 Mbit/s
+    assert b.estimate_bps == pytest.approx(1e6, rel=1e-6)
+
+
+def test_small_transfers_are_only_a_lower_bound():
+    b = BandwidthEstimator()
+    b.add(0.0, 200_000, 0.2, rtt_s=0.0)               # 8 Mbit/s
+    for i in range(8):
+        b.add(10.0 + i, 500, 0.06, rtt_s=0.05)        # RTT-dominated: looks like 0.4 Mbit/s
+    assert b.estimate_bps >= 4e6                      # not dragged down to 0.4 Mbit/s
+
+
+def test_bandwidth_estimator_follows_a_step_in_a_few_samples():
+    b = BandwidthEstimator()
+    for i in range(8):
+        b.add(i * 0.1, 50_000, 50_000 * 8 / 8e6)
+    for i in range(3):
+        b.add(1.0 + i * 0.1, 50_000, 50_000 * 8 / 1e6)
+    assert b.estimate_bps == pytest.approx(1e6, rel=0.05)
+
+
+def test_ewma():
+    e = Ewma(0.5)
+    assert e.add(10.0) == 10.0
+    assert e.add(20.0) == 15.0
+    with pytest.raises(ValueError):
+        Ewma(0.0)
+
+
+# --- model and chooser ----------------------------------------------------------------------
+
+def test_fixture_has_realistic_shape():
+    t = fixture_table()
+    splits = [c for c in t.configs if c.where is Where.SPLIT and c.bits == 8]
+    assert len(splits) == 12
+    assert splits[0].bytes > 10 * splits[-1].bytes     # early activations are big
+    assert len(t) == 12 * 8 + 2
+
+
+@given(st.floats(min_value=1e4, max_value=1e9), st.floats(min_value=0, max_value=300),
+       st.floats(min_value=0, max_value=50), st.floats(min_value=0.3, max_value=3),
+       st.floats(min_value=0.3, max_value=3))
+@settings(max_examples=50, deadline=None)
+def test_vectorised_estimate_matches_scalar(bw, rtt, q, ds, cs):
+    t = fixture_table()
+    state = State(bw, rtt, q, ds, cs)
+    p = estimate_all(t, state)
+    for i in (0, 1, 5, len(t) - 1):
+        e = estimate(t.configs[i], state)
+        assert p.latency_ms[i] == pytest.approx(e.latency_ms)
+        assert p.throughput_fps[i] == pytest.approx(e.throughput_fps)
+        assert p.cloud_ms[i] == pytest.approx(e.cloud_ms)
+
+
+def test_latency_model_adds_up():
+    c = Config("s", 4, Where.SPLIT, head_ms=10, pack_ms=1, bytes=1000, unpack_ms=0.5, tail_ms=4,
+               drop_pp=0.1)
+    p = estimate(c, State(bandwidth_bps=1e6, rtt_ms=50, queue_ms=2, pipeline_depth=100))
+    assert p.latency_ms == pytest.approx(11 + 8 + 50 + 2 + 4.5)
+    assert p.throughput_fps == pytest.approx(1000 / 11)    # device is the slowest stage
+    full = Config("full", None, Where.DEVICE, 20, 0, 0, 0, 0, 0)
+    assert estimate(full, State(1e6, 50)).latency_ms == 20
+    assert estimate(full, State(1e6, 50)).bytes == 0
+
+
+@given(st.floats(min_value=1e4, max_value=1e9), st.floats(min_value=5, max_value=500),
+       st.floats(min_value=0, max_value=5), st.sampled_from(list(Metric)))
+@settings(max_examples=60, deadline=None)
+def test_chooser_respects_slos_when_it_can(bw, max_lat, max_drop, metric):
+    t = fixture_table()
+    p = estimate_all(t, State(bw, 60.0))
+    slo = Slo(max_latency_ms=max_lat, max_drop_pp=max_drop)
+    ch = choose(p, Objective.single(metric), slo)
+    feasible = (p.latency_ms <= max_lat) & (p.drop_pp <= max_drop)
+    assert ch.slo_met == bool(feasible.any())
+    if ch.slo_met:
+        assert feasible[ch.index]
+        vals = {Metric.LATENCY: p.latency_ms, Metric.THROUGHPUT: -p.throughput_fps,
+                Metric.CLOUD: p.cloud_ms, Metric.BYTES: p.bytes}[metric]
+        assert vals[ch.index] <= vals[feasible].min() + 1e-6
+    # the compiled chooser agrees with the pure one
+    cc = CompiledChooser(t, Objective.single(metric), slo)
+    assert cc.best(cc.evaluate(State(bw, 60.0))).index == ch.index
+
+
+def test_no_feasible_config_says_so_and_keeps_accuracy_first():
+    t = fixture_table()
+    p = estimate_all(t, State(1e6, 60.0))
+    slo = Slo(max_latency_ms=1.0, max_drop_pp=0.5)       # nothing is that fast
+    ch = choose(p, Objective.single("throughput"), slo)
+    assert not ch.slo_met and "no configuration meets the SLO" in ch.reason
+    assert p.drop_pp[ch.index] <= 0.5                     # accuracy bound still honoured
+    ok = p.drop_pp <= 0.5
+    assert p.latency_ms[ch.index] <= p.latency_ms[ok].min() + 1e-9   # least latency violation
+
+
+def test_objectives_pick_what_they_say():
+    t = fixture_table()
+    p = estimate_all(t, State(50e6, 20.0))
+    assert t.configs[choose(p, Objective.single("bytes"), Slo()).index].where is Where.DEVICE
+    assert t.configs[choose(p, Objective.single("cloud"), Slo()).index].where is Where.DEVICE
+    best_thr = choose(p, Objective.single("throughput"), Slo(max_drop_pp=1)).index
+    assert p.throughput_fps[best_thr] == pytest.approx(p.throughput_fps[p.drop_pp <= 1].max())
+    # under a throughput floor only offloading reaches, min-cloud uses the least cloud time
+    need = float(p.throughput_fps[t.full_index]) * 1.2
+    i = choose(p, Objective.single("cloud"), Slo(min_throughput_fps=need, max_drop_pp=1)).index
+    ok = (p.throughput_fps >= need) & (p.drop_pp <= 1)
+    assert ok[i] and p.cloud_ms[i] == pytest.approx(p.cloud_ms[ok].min())
+
+
+def test_weighted_objective_parses_and_mixes():
+    o = Objective.parse("latency=0.7,bytes=0.3")
+    assert o.weights == ((Metric.LATENCY, 0.7), (Metric.BYTES, 0.3))
+    assert Objective.parse("max-throughput").weights == ((Metric.THROUGHPUT, 1.0),)
+    with pytest.raises(ValueError, match="unknown objective"):
+        Objective.parse("speed")
+    t = fixture_table()
+    p = estimate_all(t, State(5e6, 60.0))
+    i_lat = choose(p, Objective.single("latency"), Slo()).index
+    i_mix = choose(p, Objective.parse("latency=0.5,bytes=0.5"), Slo()).index
+    assert p.bytes[i_mix] <= p.bytes[i_lat]
+
+
+# --- scheduler: hysteresis, fallback, probing -------------------------------------------------
+
+def make_scheduler(objective: str = "throughput", relief: bool = True, **slo) -> Scheduler:
+    return Scheduler(fixture_table(), Objective.parse(objective),
+                     Slo(max_drop_pp=slo.pop("max_drop_pp", 1.0), **slo),
+                     SchedulerParams(relief=relief))
+
+
+@pytest.mark.parametrize("relief", [False, True])
+def test_no_flapping_under_noise(relief):
+    s = make_scheduler(relief=relief)
+    rng = np.random.default_rng(0)
+    t = feed(s, 0.0, 1.0, 20.0)
+    s.decide(t)
+    switches0 = s.switches
+    # 60 s of +-20% bandwidth noise around a constant 20 Mbit/s, deciding every 20 ms
+    for k in range(3000):
+        if k % 3 == 0:
+            bw = 20e6 * float(rng.lognormal(0, 0.2))
+            s.observe_upload(t, 20_000, 20_000 * 8 / bw + 0.06)
+        s.decide(t)
+        t += 0.02
+    assert s.switches - switches0 <= 2
+
+
+@pytest.mark.parametrize("before,after", [(20.0, 0.3), (0.3, 20.0)])
+def test_follows_a_bandwidth_step_within_two_seconds(before, after):
+    # without device relief, so that the step changes which configuration is best by a lot
+    # (relief makes every offloading configuration degrade gracefully towards device-only)
+    s = make_scheduler(relief=False)
+    t = feed(s, 0.0, 5.0, before, every_s=0.05)
+    for _ in range(50):               # settle on the choice for `before`
+        s.decide(t)
+        t += 0.02
+    first = s.chosen.key
+    # reference: what a scheduler picks once it knows the new bandwidth
+    ref = make_scheduler(relief=False)
+    feed(ref, 0.0, 3.0, after)
+    for k in range(50):
+        ref.decide(3.0 + 0.02 * k)
+    target = ref.chosen.key
+    assert target != first, "the step must matter for this test"
+    step_t, key = t, first
+    while t < step_t + 2.0 and key != target:
+        # uploads keep coming while offloading; while device-only only probes measure the link
+        d = s.decide(t)
+        key = s.chosen.key            # the chosen configuration; relief frames run locally
+        if d.where is not Where.DEVICE or s.probe_due(t):
+            if s.probe_due(t):
+                s.probe_started(t)
+            s.observe_rtt(t, 60.0)
+            s.observe_upload(t, 16_000, 16_000 * 8 / (after * 1e6) + 0.06)
+        t += 0.02
+    assert key == target, f"still {key} 2 s after the step (want {target})"
+
+
+def test_fallback_goes_device_only_and_backs_off():
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 20.0)
+    assert s.decide(t).where is not Where.DEVICE
+    s.observe_failure(t)
+    d = s.decide(t)
+    assert d.where is Where.DEVICE and d.fallback and "fallback" in d.reason
+    delays = [s.retry_at_s - t]
+    for _ in range(5):                      # every retry fails
+        retry = s.retry_at_s
+        assert not s.probe_due(retry - 1e-3)
+        assert s.probe_due(retry)
+        s.probe_started(retry)
+        assert not s.probe_due(retry)       # one probe at a time
+        t = retry + 0.1                     # the probe times out
+        s.observe_failure(t)
+        delays.append(s.retry_at_s - t)
+    assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0, 8.0])
+    # the next retry succeeds: onload again
+    s.observe_upload(t, 16_000, 16_000 * 8 / 20e6 + 0.06)
+    s.observe_success(t)
+    assert s.decide(t + 0.01).where is not Where.DEVICE
+
+
+def test_probes_keep_bandwidth_known_while_device_only():
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 0.05)              # 50 kbit/s: device-only is best
+    assert s.decide(t).where is Where.DEVICE
+    assert s.probe_due(t + s.p.probe_interval_s)
+    assert not s.probe_due(t - 0.5)
+
+
+def test_observed_latencies_rescale_the_model():
+    s = make_scheduler("latency")
+    feed(s, 0.0, 1.0, 5.0)
+    full = s.table.configs[s.table.full_index]
+    before = s.decide(1.0).latency_ms
+    for _ in range(30):
+        s.observe_device("full", full.head_ms * 2)
+    assert s.state().device_scale == pytest.approx(2.0, rel=0.05)
+    assert s.predictions().latency_ms[s.table.full_index] == pytest.approx(2 * full.head_ms, 0.05)
+    assert before > 0
+
+
+def test_upload_timeout_scales_with_the_prediction():
+    s = make_scheduler()
+    feed(s, 0.0, 1.0, 1.0)
+    assert s.upload_timeout_s(100) == s.p.timeout_min_s
+    assert s.upload_timeout_s(10_000_000) > 4 * 10_000_000 * 8 / 1.1e6
+
+
+# --- loaders --------------------------------------------------------------------------------
+
+def test_loader_rejects_unknown_versions(tmp_path):
+    d = tmp_path / "b"
+    shutil.copytree(FIXTURES, d)
+    prof = json.loads((d / "profile.json").read_text())
+    prof["version"] = 99
+    (d / "profile.json").write_text(json.dumps(prof))
+    with pytest.raises(FormatError, match="version 99"):
+        load_profile(d / "profile.json")
+
+
+def test_without_device_profile_heads_come_from_flops(tmp_path):
+    d = tmp_path / "b"
+    shutil.copytree(FIXTURES, d)
+    (d / "device-this-machine.json").unlink()
+    b = load_bundle(d)
+    assert b.device_estimated
+    cfg = build_configs(b.profile, b.device, device_factor=1.0, manifest=b.manifest)
+    full = next(c for c in cfg if c.where is Where.DEVICE)
+    assert full.head_ms == pytest.approx(1e3 * b.manifest.full_flops /
+                                         devices.THIS_MACHINE_FLOPS_PER_S)
+
+
+def test_device_classes():
+    assert {"phone", "rpi5", "rpi4"} <= set(devices.DEVICES)
+    assert devices.slowest_device() == "rpi4"
+    assert devices.DEVICES["phone"].factor < devices.DEVICES["rpi5"].factor \
+        < devices.DEVICES["rpi4"].factor
+    assert 0 < devices.CLOUDS["gpu"].factor < 0.1
+    with pytest.raises(ValueError, match="--list-devices"):
+        devices.device_class("nokia")
+    assert math.isfinite(devices.THIS_MACHINE_FLOPS_PER_S)
+
+
+@given(st.floats(min_value=1e4, max_value=1e9), st.floats(min_value=0, max_value=300),
+       st.sampled_from(["latency=0.7,bytes=0.3", "throughput=1,cloud=1", "latency,throughput",
+                        "cloud=0.2,bytes=0.8,latency=0.1"]))
+@settings(max_examples=40, deadline=None)
+def test_compiled_weighted_objective_matches_the_pure_one(bw, rtt, text):
+    t = fixture_table()
+    state = State(bw, rtt, 1.0, 1.3, 0.8)
+    obj = Objective.parse(text)
+    from scheduler.core import scores
+    cc = CompiledChooser(t, obj, Slo(max_drop_pp=1.0))
+    ev = cc.evaluate(state)
+    assert np.allclose(ev.score, scores(estimate_all(t, state), obj), rtol=1e-9, atol=1e-12)
+    assert cc.best(ev).index == choose(estimate_all(t, state), obj, Slo(max_drop_pp=1.0)).index
+
+
+def test_relief_runs_frames_locally_while_the_uplink_is_backlogged():
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 30.0)
+    for _ in range(40):                       # settle on an offloading configuration
+        s.decide(t)
+        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
+        t += 0.02
+    assert s.chosen.where is not Where.DEVICE
+    chosen = s.chosen.key
+    kinds = [s.decide(t + 1e-4 * k) for k in range(20)]   # no answers come back: backlog grows
+    assert sum(d.where is not Where.DEVICE for d in kinds) <= s.p.pipeline_depth
+    relief = [d for d in kinds if d.relief]
+    assert relief and all(d.where is Where.DEVICE and "relief" in d.reason for d in relief)
+    assert s.chosen.key == chosen and s.relief_frames == len(relief)
+    with pytest.raises(Exception):
+        relief[0].split = "x"                 # decisions are frozen
+
+
+def test_without_relief_every_frame_follows_the_choice():
+    s = make_scheduler(relief=False)
+    t = feed(s, 0.0, 1.0, 30.0)
+    ds = [s.decide(t + 0.02 * k) for k in range(60)]
+    assert not any(d.relief for d in ds)
+    assert len({d.key for d in ds[-20:]}) == 1

@@ -1,0 +1,141 @@
+"""The trace-driven simulator and its CLI, on the fixture bundle and synthetic traces."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scheduler import devices
+from scheduler.bundle import load_bundle
+from scheduler.core import Objective, Slo, Where
+from scheduler.simulate import Policy, SimParams, fixed8_index, main, simulate
+from scheduler.traces import constant, outage, step
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "scheduler"
+TRACES = ROOT.parent / "shared" / "traces" / "cellular-uplink"
+
+THR = Objective.single("throughput")
+SLO = Slo(max_drop_pp=1.0)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return load_bundle(FIXTURES).table(devices.device_class("rpi4").factor,
+                                       devices.cloud_class("gpu"))
+
+
+def run(table, trace, policy, frames=1500, objective=THR, slo=SLO, **kw):
+    return simulate(table, trace, policy, objective, slo, SimParams(frames=frames, **kw)).summary
+
+
+def test_device_policy_never_uploads(table):
+    s = run(table, constant(10.0, 60), Policy.DEVICE, frames=300)
+    assert s["bytes_per_frame"] == 0 and s["cloud_ms_per_frame"] == 0 and s["switches"] == 0
+    full = table.configs[table.full_index].head_ms
+    assert s["throughput_fps"] == pytest.approx(1000 / full, rel=0.05)
+
+
+def test_cloud_policy_sends_jpeg(table):
+    s = run(table, constant(10.0, 60), Policy.CLOUD, frames=300)
+    jpeg = next(c for c in table.configs if c.where is Where.CLOUD)
+    assert s["bytes_per_frame"] == pytest.approx(jpeg.bytes)
+    assert s["accuracy_drop_pp"] == pytest.approx(jpeg.drop_pp)
+
+
+def test_dyno_offloads_on_a_fast_link_and_stays_home_on_a_slow_one(table):
+    fast = run(table, constant(30.0, 120), Policy.DYNO)
+    slow = run(table, constant(0.2, 120), Policy.DYNO)
+    dev = run(table, constant(0.2, 120), Policy.DEVICE)
+    assert fast["bytes_per_frame"] > 0
+    assert fast["throughput_fps"] > 1.1 * dev["throughput_fps"]
+    assert slow["throughput_fps"] >= 0.95 * dev["throughput_fps"]
+    assert fast["accuracy_drop_pp"] <= 1.0 and slow["accuracy_drop_pp"] <= 1.0
+
+
+def test_dyno_close_to_oracle_and_at_least_the_baselines_on_a_step(table):
+    tr = step(30.0, 0.3, 20.0, 60.0)
+    res = {p: run(table, tr, p, frames=4000, duration_s=40.0) for p in Policy}
+    best_base = max(res[p]["throughput_fps"] for p in
+                    (Policy.DEVICE, Policy.CLOUD, Policy.NEUROSURGEON, Policy.FIXED8))
+    assert res[Policy.DYNO]["throughput_fps"] >= 0.95 * best_base
+    assert res[Policy.DYNO]["throughput_fps"] >= 0.9 * res[Policy.ORACLE]["throughput_fps"]
+    assert res[Policy.DYNO]["switches"] <= 10
+
+
+def test_outage_falls_back_and_recovers(table):
+    tr = outage(30.0, 10.0, 20.0, 40.0)
+    res = simulate(table, tr, Policy.DYNO, THR, SLO, SimParams(frames=10_000, duration_s=35.0))
+    s, tl = res.summary, res.timeline
+    assert s["failures"] >= 1 and s["fallback_frames"] > 0
+    during = [r for r in tl if 12.0 < r.t_s < 19.0]
+    assert during and all(r.where == "device" for r in during)
+    after = [r for r in tl if r.t_s > 25.0]
+    assert after and not any(r.fallback for r in after)
+    # onloaded again: every device frame now is a relief frame while uploads are backlogged
+    assert all(r.relief for r in after if r.where == "device")
+    assert sum(r.where != "device" for r in after) > 0.3 * len(after)
+    cloud = run(table, tr, Policy.CLOUD, frames=10_000, duration_s=35.0)
+    assert s["throughput_fps"] > cloud["throughput_fps"]
+
+
+def test_fixed8_picks_an_8_bit_split(table):
+    i = fixed8_index(table, THR, SLO, 20e6, 60.0, 6)
+    assert table.configs[i].bits == 8 and table.configs[i].where is Where.SPLIT
+
+
+def test_camera_rate_source(table):
+    s = run(table, constant(10.0, 60), Policy.DEVICE, frames=300, fps=15.0)
+    assert s["throughput_fps"] == pytest.approx(15.0, rel=0.05)
+    assert s["dropped_frames"] == 0
+
+
+def test_cli_json_on_fixtures(tmp_path):
+    timeline = tmp_path / "tl.json"
+    trace = tmp_path / "t.txt"
+    trace.write_text("0 5\n10 0.5\n20 5\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "scheduler.simulate", "--bundle", str(FIXTURES), "--trace",
+         str(trace), "--policy", "dyno", "--frames", "400", "--objective", "throughput",
+         "--max-drop-pp", "1", "--slo-ms", "400", "--json", "--timeline", str(timeline)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    for key in ("policy", "frames", "throughput_fps", "latency_ms_mean", "latency_ms_p95",
+                "bytes_per_frame", "cloud_ms_per_frame", "accuracy_drop_pp", "switches"):
+        assert key in s
+    assert s["policy"] == "dyno" and s["frames"] == 400 and s["device"] == "rpi4"
+    rows = json.loads(timeline.read_text())
+    assert len(rows) == 400 and {"t_s", "latency_ms", "split", "bits"} <= set(rows[0])
+
+
+def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
+    assert main(["--bundle", str(tmp_path / "nope"), "--trace", "synthetic:const:5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not exist" in err
+    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--policy",
+                 "magic"]) == 2
+    assert "unknown policy" in capsys.readouterr().err
+    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:wobble"]) == 2
+    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--device",
+                 "nokia"]) == 2
+    assert main(["--list-devices"]) == 0
+    assert "rpi4" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason=f"no traces under {TRACES}")
+def test_cli_on_a_real_trace():
+    trace = sorted(TRACES.glob("*.up"))[0]
+    assert main(["--bundle", str(FIXTURES), "--trace", str(trace), "--policy", "neurosurgeon",
+                 "--frames", "300", "--json"]) == 0
+
+
+def test_scheduler_imports_no_tensorflow():
+    code = ("import sys, scheduler, scheduler.simulate; "
+            "print(any(m.split('.')[0] in ('tensorflow', 'keras', 'converter') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
