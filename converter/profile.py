@@ -88,19 +88,26 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     float_pred = _predict(full, dataset.images, options.batch_size)
     float_top1 = _accuracy(float_pred, dataset.labels)
 
-    jpeg_bytes, jpeg_images = [], []
+    jpeg_bytes, jpeg_images, encode_s, decode_s = [], [], [], []
     for img in dataset.images:
+        t0 = time.perf_counter()
         data = encode_jpeg(img, options.jpeg_quality)
-        jpeg_bytes.append(len(data))
+        t1 = time.perf_counter()
         jpeg_images.append(decode_image(data))
+        decode_s.append(time.perf_counter() - t1)
+        encode_s.append(t1 - t0)
+        jpeg_bytes.append(len(data))
     jpeg_pred = _predict(full, np.stack(jpeg_images), options.batch_size)
     jpeg = {
         "quality": options.jpeg_quality,
+        "encode_ms": float(np.mean(encode_s) * 1e3),
+        "decode_ms": float(np.mean(decode_s) * 1e3),
         **_byte_stats(jpeg_bytes),
         **_accuracy_fields(jpeg_pred, float_pred, dataset.labels, float_top1),
     }
 
-    configs, variants, calibration, split_info = [], [], {}, {}
+    configs, variants, calibration = [], [], {}
+    split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
     bar = _progress(splits, options.progress)
     for split in bar:
@@ -229,12 +236,17 @@ def _byte_stats(sizes) -> dict:
     return {"bytes_mean": float(sizes.mean()), "bytes_p95": float(np.percentile(sizes, 95))}
 
 
-def _tail_latency_ms(tail, one: np.ndarray, repeats: int = 5) -> float:
-    tail(one, training=False)  # warm-up
+def _tail_latency_ms(tail, one: np.ndarray, repeats: int = 10) -> float:
+    """Batch-1 latency of the tail as a server runs it: a traced tf.function, not eager Keras."""
+    tf = import_tensorflow()
+    fn = tf.function(lambda x: tail(x, training=False), reduce_retracing=True)
+    x = tf.constant(one)
+    for _ in range(3):  # trace and warm up
+        fn(x).numpy()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        tail(one, training=False)
+        fn(x).numpy()
         times.append(time.perf_counter() - t0)
     return float(np.median(times) * 1e3)
 

@@ -145,6 +145,9 @@ class EdgeRuntime:
         jobs: queue.Queue = queue.Queue(maxsize=self.config.pipeline_depth)
         senders = [threading.Thread(target=self._sender, args=(jobs,), daemon=True, name=f"sender-{i}")
                    for i in range(self.config.senders if self.client else 0)]
+        self._last_ping = -float("inf")
+        if self.client is not None:
+            self._maybe_ping()
         for t in senders:
             t.start()
         expected = 0
@@ -224,6 +227,7 @@ class EdgeRuntime:
             if job is None:
                 return
             kind, frame, payload, decision, start = job
+            self._maybe_ping()
             now = self.clock()
             with self._sched_lock:
                 timeout = self._timeout_s(len(payload), start)
@@ -249,6 +253,20 @@ class EdgeRuntime:
                 decision.bits if kind == "activation" else None, len(payload),
                 self._ms_since(start), answer.top1, where, False, frame.label, frame.name,
                 decision.reason, server=answer.server))
+
+    def _maybe_ping(self, every_s: float = 2.0) -> None:
+        """Keep the RTT known (the bandwidth estimate subtracts it from each upload)."""
+        now = self.clock()
+        with self._sched_lock:
+            if now - self._last_ping < every_s or not self.scheduler.cloud_ok:
+                return
+            self._last_ping = now
+        try:
+            rtt_ms = self.client.ping(timeout_s=1.0)
+        except CloudError:
+            return  # uploads and probes decide about failures; a lost ping is not one
+        with self._sched_lock:
+            self.scheduler.observe_rtt(self.clock(), rtt_ms)
 
     def _finish_on_device(self, frame: Frame, decision, start: float, nbytes: int, why: str) -> None:
         probs, ms = self._device_run(self.fallback_pool, FULL, frame.image)

@@ -86,6 +86,8 @@ class CloudClient:
     def ping(self, timeout_s: float = 1.0) -> float:
         """Round-trip time of the cheapest request, in ms (raises CloudError)."""
         t0 = time.perf_counter()
+        if self.before_send is not None:
+            self.before_send(0)
         try:
             r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s)
         except requests.Timeout as e:

@@ -34,6 +34,7 @@ class SchedulerParams:
     timeout_factor: float = 4.0
     scale_alpha: float = 0.2               # EWMA weight for device/cloud/queue/RTT samples
     relief: bool = True                    # run frames locally while the uplink is backlogged
+    relief_uploads: float = 1.0            # ...by more than a local run costs + this many uploads
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ class Scheduler:
         self._full_ms = table.configs[table.full_index].head_ms
         self._chooser = CompiledChooser(table, objective, slo)
         # per-config constants the observations are compared against
-        self._dev_ref = {c.split: c.head_ms for c in table.configs if c.head_ms > 0}
+        self._head_ref = {c.split: c.head_ms for c in table.configs if c.head_ms > 0}
+        self._pack_ref = {(c.split, c.bits): c.pack_ms for c in table.configs}
         self._tail_ref = {c.split: c.tail_ms for c in table.configs if c.where is not Where.DEVICE}
 
     # --- observations ----------------------------------------------------------------------
@@ -131,9 +133,18 @@ class Scheduler:
         self.rtt.add(rtt_ms)
         self._rtt_recent.append(rtt_ms)
 
-    def observe_device(self, split: str, ms: float) -> None:
-        """The device ran `split`'s head (or 'full', the whole model) in `ms`, packing excluded."""
-        ref = self._dev_ref.get(split)
+    def observe_device(self, split: str, ms: float, bits: int | None = None) -> None:
+        """The device ran `split`'s head and packing (or 'full', the whole model) in `ms`.
+
+        The reference is the profiled head plus the pack time of `bits` (default: the chosen
+        configuration's bits when it is this split, else no packing)."""
+        head = self._head_ref.get(split)
+        if head is None:
+            return
+        if bits is None and self._current is not None:
+            cur = self.table.configs[self._current]
+            bits = cur.bits if cur.split == split else None
+        ref = head + self._pack_ref.get((split, bits), 0.0)
         if ref and ref > 0 and ms > 0:
             self.device_scale.add(min(max(ms / ref, 0.2), 5.0))
 
@@ -238,7 +249,7 @@ class Scheduler:
         elif wait <= 0:
             relieve = False
         elif self._thr_objective:     # keep about one upload queued so the link never idles
-            relieve = wait > full_s - dev_s + up_s
+            relieve = wait > full_s - dev_s + self.p.relief_uploads * up_s
         else:
             done_off = head_done + wait + up_s + (st.rtt_ms + st.queue_ms + d.cloud_ms) / 1e3
             relieve = now_s + full_s < done_off

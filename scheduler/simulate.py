@@ -315,7 +315,7 @@ def simulate(table: ConfigTable, trace: Trace, policy: Policy | str, objective: 
                 ev.at(done, lambda m=dev_ms: sched.observe_device("full", m))
         else:
             if sched is not None:
-                ev.at(dev_done, lambda s=c.split, m=c.head_ms * slow: sched.observe_device(s, m))
+                ev.at(dev_done, lambda s=c.split, m=dev_ms, b=c.bits: sched.observe_device(s, m, b))
             u0, u_end, ok = upload(dev_done, c.bytes)
             if ok:
                 arrive = u_end + rtt / 2

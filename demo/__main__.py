@@ -1,0 +1,326 @@
+"""make demo: the whole pipeline, live, over an emulated cellular uplink.
+
+Builds (if missing) and profiles the default bundle, starts the real cloud service behind an
+emulated link that follows a cellular trace, runs the real edge runtime with the `auto` policy
+(ours), then `device` and `cloud` on the same frames and trace, and compares each with what the
+simulator predicts for the same run. Writes demo-report/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "cellular-uplink" / "Verizon-EVDO-driving.up"
+POLICY_NAMES = {"auto": "dyno", "device": "device", "cloud": "cloud"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    p.add_argument("--fast", action="store_true", help="a shorter run (under 3 minutes)")
+    p.add_argument("--bundle", type=Path, default=REPO / "build" / "fashion")
+    p.add_argument("--source", default="zoo:fashion", help="model to convert when the bundle is missing")
+    p.add_argument("--images", type=Path, help="frames from this folder (default: the test scenes)")
+    p.add_argument("--trace", help="Mahimahi or 'time_s mbit_s' trace (default: a shared cellular "
+                   "trace if present, else a synthetic drop and recovery)")
+    p.add_argument("--device", default="rpi4", help="device class the edge emulates")
+    p.add_argument("--duration", type=float, help="seconds per live run")
+    p.add_argument("--rtt-ms", type=float, default=40.0)
+    p.add_argument("--max-splits", type=int, default=12)
+    p.add_argument("--profile-limit", type=int)
+    p.add_argument("--out", type=Path, default=REPO / "demo-report")
+    p.add_argument("--no-netns", action="store_true", help="use the in-process link even as root")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    duration = args.duration or (15.0 if args.fast else 45.0)
+    profile_limit = args.profile_limit or (150 if args.fast else 400)
+    t_start = time.monotonic()
+    try:
+        ensure_bundle(args, profile_limit)
+        trace, trace_name = load_trace(args.trace)
+    except (RuntimeError, ValueError, OSError) as e:
+        print(f"demo: error: {e}", file=sys.stderr)
+        return 2
+    from demo.link import open_link
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open_link(trace, args.rtt_ms, prefer_netns=not args.no_netns) as link:
+        print(f"demo: link = {link.kind}; trace {trace_name}, {trace.mean_bps / 1e6:.2f} Mbit/s mean; "
+              f"RTT {args.rtt_ms:.0f} ms; device class {args.device} (real head times padded to it)")
+        server = start_cloud(args.bundle, link)
+        try:
+            frames = load_frames(args)
+            runs = {}
+            for policy in ("auto", "device", "cloud"):
+                runs[policy] = live_run(args, link, server["url"], policy, frames, duration)
+        finally:
+            stop_cloud(server)
+    sims = {p: simulate(args, trace, p, duration) for p in runs}
+    report = build_report(args, runs, sims, link.kind, trace_name, duration, time.monotonic() - t_start)
+    print_table(report)
+    plot_timeline(runs["auto"], trace, args.out / "timeline.png", args)
+    if (args.bundle / "pareto.png").exists():
+        shutil.copy(args.bundle / "pareto.png", args.out / "pareto.png")
+    (args.out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"demo: wrote {args.out}/summary.json, timeline.png, pareto.png "
+          f"in {time.monotonic() - t_start:.0f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- steps
+
+def ensure_bundle(args, profile_limit: int) -> None:
+    py = sys.executable
+    b = args.bundle
+    if not (b / "manifest.json").exists():
+        print(f"demo: converting {args.source} -> {b}")
+        _step([py, "-m", "converter", args.source, "--out", str(b), "--max-splits", str(args.max_splits)])
+    if not (b / "profile.json").exists():
+        print(f"demo: profiling {b} on {profile_limit} images")
+        cmd = [py, "-m", "converter.profile", str(b), "--limit", str(profile_limit)]
+        if args.images:
+            cmd += ["--data", str(args.images)]
+        _step(cmd)
+    if not (b / "device-this-machine.json").exists():
+        _step([py, "-m", "edge_runtime.profile", str(b)])
+
+
+def load_trace(spec: str | None):
+    from scheduler.traces import from_rates, read_trace
+
+    if spec:
+        return read_trace(Path(spec)), Path(spec).name
+    if DEFAULT_TRACE.exists():
+        return read_trace(DEFAULT_TRACE), DEFAULT_TRACE.name
+    # No shared traces: a built-in cellular-like run with a drop and a recovery.
+    return from_rates("synthetic-drop", [0, 15, 25, 35], [1.2, 0.15, 0.6, 1.5], 60.0), "synthetic drop+recovery"
+
+
+def start_cloud(bundle: Path, link) -> dict:
+    port = _free_port()
+    log = open(bundle.parent / "demo-cloud.log", "ab")
+    argv = link.wrap([sys.executable, "-m", "cloud_runtime", "--bundle", str(bundle), "--host", link.host,
+                      "--port", str(port), "--workers", "1"])
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, start_new_session=True)
+    url = f"http://{link.host}:{port}"
+    import requests
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the cloud service exited; see {bundle.parent / 'demo-cloud.log'}")
+        try:
+            r = requests.get(f"{url}/readyz", timeout=2)
+            if r.status_code == 200:
+                print(f"demo: cloud service ready at {url} on {r.json().get('device')}")
+                return {"proc": proc, "url": url}
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    stop_cloud({"proc": proc})
+    raise RuntimeError("the cloud service did not become ready within 120 s")
+
+
+def stop_cloud(server: dict) -> None:
+    import signal
+
+    proc = server["proc"]
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def load_frames(args):
+    from edge_runtime.runner import Frame
+
+    if args.images:
+        from edge_runtime.images import list_images, load_image
+
+        return [Frame(i, load_image(e.path), e.label, e.path.name)
+                for i, e in enumerate(list_images(args.images))]
+    from models import scenes
+
+    images, labels = scenes.make_scenes("test", np.arange(1000, 1600))  # not the profiled scenes
+    return [Frame(i, img.astype(np.float32), int(l), f"test-{1000 + i}")
+            for i, (img, l) in enumerate(zip(images, labels))]
+
+
+def live_run(args, link, url: str, policy: str, frames, duration: float) -> dict:
+    from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, summarize
+
+    config = EdgeConfig(policy=policy, device_class=args.device, max_drop_pp=1.0,
+                        objective="throughput")
+    rt = EdgeRuntime(args.bundle, url, config, before_send=link.before_send)
+    rows, lock = [], threading.Lock()
+    stop = threading.Event()
+    name = POLICY_NAMES[policy]
+
+    def stream():
+        i = 0
+        while link.elapsed_s() < duration:
+            f = frames[i % len(frames)]
+            yield Frame(i, f.image, f.label, f.name)
+            i += 1
+
+    def on_result(r):
+        with lock:
+            rows.append({**r.to_json(), "link_mbps": link.rate_mbps(),
+                         "est_mbps": rt.scheduler.state().bandwidth_bps / 1e6})
+
+    def ticker():
+        last = 0
+        while not stop.wait(1.0):
+            with lock:
+                new, done = rows[last:], list(rows)
+                last = len(rows)
+            if not new:
+                print(f"  [{name:6s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s  (waiting)")
+                continue
+            acc = [r["correct"] for r in done if r["correct"] is not None]
+            r = new[-1]
+            print(f"  [{name:6s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s "
+                  f"est {r['est_mbps']:5.2f}  {len(new):3d} fps  {r['split'][:22]:22s} "
+                  f"{str(r['bits'] or '-'):>2s}b {np.mean([x['bytes'] for x in new]):7.0f} B  "
+                  f"{np.mean([x['latency_ms'] for x in new]):6.0f} ms  acc {np.mean(acc) if acc else 0:.3f}")
+
+    print(f"demo: live run '{name}' for {duration:.0f} s")
+    tick = threading.Thread(target=ticker, daemon=True)
+    with rt:
+        link.start()
+        tick.start()
+        t0 = time.monotonic()
+        results = rt.run(stream(), on_result=on_result)
+        wall = time.monotonic() - t0
+        stop.set()
+        tick.join()
+        summary = {**summarize(results, wall), **rt.runtime_info, "cloud_errors": len(rt.events)}
+    return {"summary": summary, "rows": sorted(rows, key=lambda r: r["frame"])}
+
+
+def simulate(args, trace, policy: str, duration: float) -> dict:
+    from scheduler import devices
+    from scheduler.bundle import load_bundle
+    from scheduler.core import Objective, Slo
+    from scheduler.simulate import SimParams, simulate as run_sim
+
+    bundle = load_bundle(args.bundle)
+    # The live cloud is this machine's CPU, so the simulator is told so.
+    table = bundle.table(devices.device_class(args.device).factor, devices.cloud_class("cpu"))
+    sim_policy = {"auto": "dyno", "device": "device", "cloud": "cloud"}[policy]
+    params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4)
+    res = run_sim(table, trace, sim_policy, Objective.single("throughput"), Slo(max_drop_pp=1.0), params,
+                  keep_timeline=False)
+    return res.summary
+
+
+def build_report(args, runs, sims, link_kind, trace_name, duration, total_s) -> dict:
+    rows = {}
+    for policy, run in runs.items():
+        live = run["summary"]
+        sim = sims[policy]
+        rows[POLICY_NAMES[policy]] = {
+            "live": live,
+            "simulated": sim,
+            "live_over_simulated_throughput": (live["throughput_fps"] / sim["throughput_fps"]
+                                               if sim.get("throughput_fps") else None),
+        }
+    dyno, dev, cloud = (rows[n]["live"] for n in ("dyno", "device", "cloud"))
+    return {
+        "link": link_kind, "trace": trace_name, "duration_s_per_run": duration,
+        "device_class": args.device, "rtt_ms": args.rtt_ms, "bundle": str(args.bundle),
+        "policies": rows,
+        "dyno_over_device_throughput": dyno["throughput_fps"] / dev["throughput_fps"],
+        "dyno_over_cloud_throughput": dyno["throughput_fps"] / cloud["throughput_fps"],
+        "bytes_cloud_over_dyno": (cloud["bytes_per_frame"] / dyno["bytes_per_frame"]
+                                  if dyno["bytes_per_frame"] else None),
+        "total_s": round(total_s, 1),
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{'policy':8s} {'fps live':>9s} {'fps sim':>8s} {'live/sim':>8s} {'lat ms':>7s} "
+          f"{'p95 ms':>7s} {'B/frame':>8s} {'accuracy':>8s} {'fallbk':>6s}")
+    for name, row in report["policies"].items():
+        live, sim = row["live"], row["simulated"]
+        ratio = row["live_over_simulated_throughput"]
+        acc = live["accuracy"]
+        print(f"{name:8s} {live['throughput_fps']:9.2f} {sim['throughput_fps']:8.2f} "
+              f"{ratio if ratio is not None else float('nan'):8.2f} {live['latency_ms_mean']:7.0f} "
+              f"{live['latency_ms_p95']:7.0f} {live['bytes_per_frame']:8.0f} "
+              f"{acc if acc is not None else float('nan'):8.3f} {live['fallbacks']:6d}")
+    print(f"dyno/device throughput {report['dyno_over_device_throughput']:.2f}x, "
+          f"dyno/cloud {report['dyno_over_cloud_throughput']:.2f}x\n")
+
+
+def plot_timeline(run: dict, trace, path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edge_runtime.manifest import load_manifest
+
+    rows = run["rows"]
+    order = {s.name: s.index for s in load_manifest(args.bundle).splits}
+    full_depth = len(order)
+    t = np.array([r["t_s"] for r in rows])
+    depth = np.array([full_depth if r["where"] == "device" else order.get(r["split"], 0) for r in rows])
+    lat = np.array([r["latency_ms"] for r in rows])
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True, dpi=110)
+    end = max(t.max() if t.size else 1.0, 1.0)
+    bins = trace.rates_mbps(0.5, duration_s=end + 0.5)
+    axes[0].step(np.arange(len(bins)) * 0.5, bins, where="post", color="grey", label="link (trace)")
+    axes[0].plot(t, [r["est_mbps"] for r in rows], color="tab:blue", lw=1, label="edge estimate")
+    axes[0].set_ylabel("uplink Mbit/s")
+    axes[0].legend(fontsize=8, loc="upper right")
+    sc = axes[1].scatter(t, depth, c=[r["bits"] or 0 for r in rows], cmap="plasma", s=6, vmin=0, vmax=32)
+    axes[1].set_yticks([0, full_depth])
+    axes[1].set_yticklabels(["cloud-only", "device-only"])
+    axes[1].set_ylabel("split (depth)")
+    fig.colorbar(sc, ax=axes[1], label="bits", pad=0.01)
+    fb = np.array([r["fallback"] for r in rows], dtype=bool)
+    axes[2].scatter(t[~fb], lat[~fb], s=4, color="tab:green", label="answered")
+    if fb.any():
+        axes[2].scatter(t[fb], lat[fb], s=8, color="crimson", label="fallback on device")
+    axes[2].set_ylabel("latency ms")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("time since start of run (s)")
+    axes[2].legend(fontsize=8, loc="upper right")
+    fig.suptitle(f"dyno live: split and bits follow the uplink ({args.device})")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _step(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, cwd=REPO)
+    if r.returncode != 0:
+        raise RuntimeError(f"step failed ({r.returncode}): {' '.join(cmd[1:])}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

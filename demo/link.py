@@ -1,0 +1,196 @@
+"""An emulated cellular uplink between the edge and the cloud, following a bandwidth trace.
+
+Two kinds, same interface:
+- `NetnsLink` (root, `ip` and `tc` present): the cloud runs in its own network namespace behind a
+  veth pair; a `tc tbf` qdisc on the edge side shapes every uplink byte and is re-rated along the
+  trace. Real kernel TCP, real queues.
+- `TokenBucketLink` (anywhere): the upload is held in process until the trace's TCP-like model
+  (scheduler.traces.transfer) says its last byte would have crossed the link.
+This kernel has no `netem`, so in both kinds the round-trip time is added by the edge: the
+request waits one RTT before it is sent (request and answer delay lumped together).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from scheduler.traces import Trace, transfer
+
+MIN_RATE_KBIT = 8  # tbf cannot be rate 0; an outage is a link this slow
+
+
+class TokenBucketLink:
+    kind = "in-process token bucket (scheduler.traces model)"
+    host = "127.0.0.1"
+
+    def __init__(self, trace: Trace, rtt_ms: float = 40.0, clock: Callable[[], float] = time.monotonic):
+        self.trace, self.rtt_s, self.clock = trace, rtt_ms / 1e3, clock
+        self._lock = threading.Lock()
+        self._next_index = 0
+        self.t0 = clock()
+
+    def start(self) -> None:
+        """Restart the trace at its beginning (each run replays the same conditions)."""
+        with self._lock:
+            self.t0 = self.clock()
+            self._next_index = 0
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.t0
+
+    def rate_mbps(self, t_s: float | None = None) -> float:
+        t = self.elapsed_s() if t_s is None else t_s
+        return float(self.trace.rates_mbps(1.0, duration_s=t + 1.0)[int(t)])
+
+    def before_send(self, nbytes: int) -> None:
+        with self._lock:
+            now = self.elapsed_s()
+            tr = transfer(self.trace, now, nbytes, self.rtt_s, min_index=self._next_index)
+            self._next_index = tr.next_index
+        delay = tr.acked_s - self.elapsed_s()  # the answer comes back half an RTT later
+        if delay > 0:
+            time.sleep(delay)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class NetnsLink:
+    kind = "tc tbf on a veth pair into a network namespace"
+
+    def __init__(self, trace: Trace, rtt_ms: float = 40.0, update_s: float = 0.25, name: str | None = None):
+        self.trace, self.rtt_s, self.update_s = trace, rtt_ms / 1e3, update_s
+        tag = name or f"si{os.getpid() % 100000}"
+        self.ns, self.dev, self.peer = tag, f"{tag}e", f"{tag}c"
+        octet = os.getpid() % 200 + 20
+        self.edge_ip, self.host = f"10.250.{octet}.1", f"10.250.{octet}.2"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.t0 = time.monotonic()
+        self._setup()
+
+    @staticmethod
+    def available() -> bool:
+        if os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("tc"):
+            return False
+        probe = f"sip{os.getpid() % 100000}"
+        try:
+            _run(["ip", "netns", "add", probe])
+            _run(["ip", "netns", "del", probe])
+            return True
+        except (subprocess.CalledProcessError, OSError):
+            return False
+
+    def start(self) -> None:
+        """Restart the trace at its beginning and keep the qdisc's rate following it."""
+        self.stop_updates()
+        self._stop.clear()
+        self.t0 = time.monotonic()
+        self._set_rate(self.rate_mbps(0.0))
+        self._thread = threading.Thread(target=self._follow, daemon=True, name="link-follow")
+        self._thread.start()
+
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.t0
+
+    def rate_mbps(self, t_s: float | None = None) -> float:
+        t = self.elapsed_s() if t_s is None else t_s
+        bins = self.trace.rates_mbps(self.update_s, duration_s=t + self.update_s)
+        return float(bins[min(int(t / self.update_s), len(bins) - 1)])
+
+    def before_send(self, nbytes: int) -> None:
+        time.sleep(self.rtt_s)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """Run a command inside the cloud's namespace."""
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def stop_updates(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop_updates()
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.dev], capture_output=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _setup(self) -> None:
+        self.close()
+        try:
+            _run(["ip", "netns", "add", self.ns])
+            _run(["ip", "link", "add", self.dev, "type", "veth", "peer", "name", self.peer])
+            _run(["ip", "link", "set", self.peer, "netns", self.ns])
+            _run(["ip", "addr", "add", f"{self.edge_ip}/30", "dev", self.dev])
+            _run(["ip", "link", "set", self.dev, "up"])
+            _run(["ip", "netns", "exec", self.ns, "ip", "addr", "add", f"{self.host}/30", "dev", self.peer])
+            _run(["ip", "netns", "exec", self.ns, "ip", "link", "set", self.peer, "up"])
+            _run(["ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up"])
+            _run(["tc", "qdisc", "add", "dev", self.dev, "root", "handle", "1:", "tbf",
+                  *self._tbf_args(self.rate_mbps(0.0))])
+        except (subprocess.CalledProcessError, OSError):
+            self.close()
+            raise
+
+    def _tbf_args(self, mbps: float) -> list[str]:
+        kbit = max(int(mbps * 1000), MIN_RATE_KBIT)
+        # A burst of ~10 ms of traffic (at least 2 packets) keeps the shaping close to the trace.
+        burst = max(3000, int(kbit * 1000 / 8 * 0.01))
+        return ["rate", f"{kbit}kbit", "burst", str(burst), "latency", "4s"]
+
+    def _set_rate(self, mbps: float) -> None:
+        subprocess.run(["tc", "qdisc", "change", "dev", self.dev, "root", "handle", "1:", "tbf",
+                        *self._tbf_args(mbps)], capture_output=True)
+
+    def _follow(self) -> None:
+        last = None
+        while not self._stop.wait(self.update_s / 2):
+            rate = round(self.rate_mbps(), 3)
+            if rate != last:
+                self._set_rate(rate)
+                last = rate
+
+
+def open_link(trace: Trace, rtt_ms: float = 40.0, prefer_netns: bool = True):
+    """The most real link this machine allows."""
+    if prefer_netns and NetnsLink.available():
+        try:
+            return NetnsLink(trace, rtt_ms)
+        except (subprocess.CalledProcessError, OSError):
+            pass
+    return TokenBucketLink(trace, rtt_ms)
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def measured_mbps(samples: list[tuple[float, int, float]]) -> float:
+    """Goodput of (t, bytes, seconds) upload samples: total bytes over total time."""
+    if not samples:
+        return 0.0
+    b = np.array([s[1] for s in samples], dtype=float)
+    s = np.array([s[2] for s in samples], dtype=float)
+    return float(b.sum() * 8 / s.sum() / 1e6)
