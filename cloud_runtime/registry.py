@@ -95,8 +95,8 @@ class ServedModel:
 def load_calibration(bundle: Path, manifest: Manifest) -> dict[str, ChannelRanges]:
     """Per-split ranges from BUNDLE/calibration.json, or {} when the bundle has none.
 
-    Layout read: {"version": 1, "splits": {SPLIT: ChannelRanges.to_json() or {"ranges": ...}}};
-    splits that the manifest does not list are ignored.
+    Layout (written by converter.profile): {"version": 1, "model_sha256": ..., "splits":
+    {SPLIT: ChannelRanges.to_json()}}; splits that the manifest does not list are ignored.
     """
     path = bundle / CALIBRATION_FILE
     if not path.is_file():
@@ -111,6 +111,12 @@ def load_calibration(bundle: Path, manifest: Manifest) -> dict[str, ChannelRange
     if version != CALIBRATION_VERSION:
         raise BundleError(f"{path}: version {version!r} is not supported (this server reads "
                           f"{CALIBRATION_VERSION}); rerun the profiler")
+    sha = data.get("model_sha256")
+    if sha is not None and str(sha).lower() != manifest.model.sha256.lower():
+        raise BundleError(
+            f"{path} was measured on model sha256 {str(sha)[:16]}..., the bundle's model is "
+            f"{manifest.model.sha256[:16]}...; rerun the profiler (python -m converter.profile)"
+        )
     out: dict[str, ChannelRanges] = {}
     known = set(manifest.split_names)
     for name, entry in data["splits"].items():

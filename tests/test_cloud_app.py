@@ -49,8 +49,9 @@ def make_bundle(root: Path, name: str = "fake", sha: str = SHA_A, labels=LABELS,
         (root / rel).write_bytes(b"")
     write_json_atomic(root / "manifest.json", manifest.to_dict())
     if calibration is not None:
-        write_json_atomic(root / "calibration.json", {
-            "version": 1, "splits": {k: r.to_json() for k, r in calibration.items()}})
+        write_json_atomic(root / "calibration.json", {  # as converter.profile writes it
+            "version": 1, "model_sha256": sha,
+            "splits": {k: r.to_json() for k, r in calibration.items()}})
     return root
 
 
@@ -222,6 +223,18 @@ def test_calibrated_payloads_use_the_bundle_ranges(tmp_path):
     expect_error(c.post("/v1/infer", data=payload("vec", 4, ranges=vec_ranges)[1]),
                  409, "calibration_mismatch", "no calibration for split 'vec'")
     service.close()
+
+
+def test_calibration_of_another_model_is_refused_at_start(tmp_path):
+    from edge_runtime.manifest import BundleError
+
+    ranges = calibrate_ranges([np.ones(SPLITS["mid"])], percentile=100)
+    bundle = make_bundle(tmp_path / "stale", calibration={"mid": ranges})
+    data = json.loads((bundle / "calibration.json").read_text())
+    data["model_sha256"] = SHA_B
+    (bundle / "calibration.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="rerun the profiler"):
+        build(tmp_path, bundles=[bundle])
 
 
 def test_several_bundles_route_by_payload_hash_and_name(tmp_path):
