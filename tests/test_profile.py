@@ -58,7 +58,8 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
     for s in heads:
         assert by[(s, 2)]["bytes_mean"] < by[(s, 32)]["bytes_mean"]
     assert profile["jpeg"]["bytes_mean"] > 0 and profile["dataset"]["n"] == 24
-    assert set(profile["splits"]) == set(heads)
+    assert set(profile["splits"]) == set(heads) | {"input"}
+    assert profile["jpeg"]["encode_ms"] > 0 and profile["jpeg"]["decode_ms"] > 0
     calibration = json.loads((tiny_bundle / "calibration.json").read_text())
     assert set(calibration["splits"]) == set(heads)
     assert (tiny_bundle / "pareto.png").stat().st_size > 10_000
