@@ -1,0 +1,39 @@
+"""End to end, as `make demo` runs it, on the tiny model: convert, profile, cloud, edge, scheduler."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_module
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_end_to_end(tiny_model_path, tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(7)
+    rows = ["file,label"]
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 10}")
+    (images / "labels.csv").write_text("\n".join(rows) + "\n")
+    bundle, out = tmp_path / "bundle", tmp_path / "report"
+    r = run_module("demo", "--bundle", str(bundle), "--source", str(tiny_model_path), "--images",
+                   str(images), "--duration", "4", "--out", str(out), "--max-splits", "4", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("manifest.json", "profile.json", "calibration.json", "device-this-machine.json"):
+        assert (bundle / name).is_file(), name
+    report = json.loads((out / "summary.json").read_text())
+    assert set(report["policies"]) == {"dyno", "device", "cloud"}
+    for row in report["policies"].values():
+        live = row["live"]
+        assert live["frames"] > 0 and live["throughput_fps"] > 0
+        assert row["simulated"]["throughput_fps"] > 0
+    assert report["policies"]["cloud"]["live"]["where"]["cloud"] > 0
+    assert report["link"]
+    assert (out / "timeline.png").stat().st_size > 10_000
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert "t=" in r.stdout  # the live line per second
