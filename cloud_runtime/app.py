@@ -55,6 +55,10 @@ def create_app(config: ServerConfig | None = None, *, backend: TailBackend | Non
     register_error_handlers(app)
     _install_hooks(app, config)
     _register_views(app)
+    if config.fault_injection:  # tests only: --fault-injection, off by default
+        from cloud_runtime.faults import install as install_faults
+
+        install_faults(app, config.retry_after_s)
     if start:
         service.start()
     return app
@@ -129,11 +133,18 @@ def _register_views(app: Flask) -> None:
     def metrics():
         return Response(_service().metrics.render(), content_type=CONTENT_TYPE)
 
+    @app.post("/v1/probe")
+    def probe():
+        # The edge measures its uplink while it runs device-only: the bytes cost no tail compute.
+        body = _read_body()
+        return jsonify(received=len(body), receive_ms=round(1e3 * g.receive_s, 3),
+                       total_ms=round(1e3 * (time.perf_counter() - g.t0), 3))
+
     @app.post("/v1/infer")
     def infer():
         svc = _service()
         k = _parse_k(svc.config.default_k)
-        data = request.get_data(cache=False)
+        data = _read_body()
         t_header = time.perf_counter()
         header = read_header(data)
         model = svc.registry.select(name=request.args.get("model"),
@@ -166,12 +177,20 @@ def _register_views(app: Flask) -> None:
             split = model.manifest.split(INPUT_SPLIT)
         except KeyError:
             raise UnknownSplit(f"model {model.name!r} has no cloud-only '{INPUT_SPLIT}' tail") from None
-        data = request.get_data(cache=False)
+        data = _read_body()
         result, decode_s = svc.infer(model.tail(split), lambda: _decode_image(data, model))
         return _answer(svc, model, split, None, result, decode_s, k)
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+def _read_body() -> bytes:
+    """The request body; how long it took to arrive is upload time, not server time."""
+    t0 = time.perf_counter()
+    body = request.get_data(cache=False)
+    g.receive_s = time.perf_counter() - t0
+    return body
 
 
 def _parse_k(default: int) -> int:
@@ -242,6 +261,7 @@ def _answer(svc: InferenceService, model: ServedModel, split: Split, bits: int |
     if model.labels and order.size and int(order[0]) < len(model.labels):
         body["label"] = model.labels[int(order[0])]
     body.update(
+        receive_ms=round(1e3 * g.get("receive_s", 0.0), 3),
         decode_ms=round(1e3 * decode_s, 3),
         queue_ms=round(1e3 * result.queue_s, 3),
         tail_ms=round(1e3 * result.run_s, 3),

@@ -10,6 +10,7 @@ and a second answer for a frame is an error.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -194,7 +195,8 @@ class EdgeRuntime:
                 probe = False
             d = self.scheduler.decide(start)
         if probe:
-            jobs.put(("probe", frame, encode_jpeg(frame.image, self.config.jpeg_quality), None, start))
+            # Incompressible bytes, so no link or proxy compression flatters the sample.
+            jobs.put(("probe", frame, os.urandom(int(self.scheduler.p.probe_bytes)), None, start))
         where = d.where.value
         if where == "device" or self.client is None:
             probs, ms = self._device_run(self.pool, FULL, frame.image)
@@ -234,6 +236,8 @@ class EdgeRuntime:
             try:
                 if kind == "activation":
                     answer = self.client.infer(payload, timeout)
+                elif kind == "probe":
+                    answer = self.client.probe(payload, timeout)
                 else:
                     answer = self.client.infer_image(payload, timeout)
             except CloudError as e:

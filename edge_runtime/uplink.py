@@ -42,8 +42,12 @@ class CloudAnswer:
 
     @property
     def network_s(self) -> float:
-        """Elapsed time not spent inside the server: upload, RTT, download."""
-        return max(self.elapsed_s - self.server.get("total_ms", 0.0) / 1e3, 1e-6)
+        """Elapsed time not spent computing in the server: upload, RTT, download.
+
+        The server's clock starts when the request's headers arrive, so the time it spent
+        receiving the body (`receive_ms`) is upload time and stays in."""
+        busy = self.server.get("total_ms", 0.0) - self.server.get("receive_ms", 0.0)
+        return max(self.elapsed_s - busy / 1e3, 1e-6)
 
 
 class CloudClient:
@@ -83,6 +87,10 @@ class CloudClient:
         params = f"?model={self.model}" if self.model else ""
         return self._post(f"/v1/infer/image{params}", image, content_type, timeout_s)
 
+    def probe(self, body: bytes, timeout_s: float) -> CloudAnswer:
+        """Upload bytes that the server discards: a bandwidth sample without tail compute."""
+        return self._post("/v1/probe", body, "application/octet-stream", timeout_s, parse=False)
+
     def ping(self, timeout_s: float = 1.0) -> float:
         """Round-trip time of the cheapest request, in ms (raises CloudError)."""
         t0 = time.perf_counter()
@@ -107,7 +115,8 @@ class CloudClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _post(self, path: str, body: bytes, content_type: str, timeout_s: float) -> CloudAnswer:
+    def _post(self, path: str, body: bytes, content_type: str, timeout_s: float,
+              parse: bool = True) -> CloudAnswer:
         headers = {**self._headers, "Content-Type": content_type}
         t0 = time.perf_counter()
         if self.before_send is not None:  # an emulated link's delay is part of the upload
@@ -131,6 +140,10 @@ class CloudClient:
         if r.status_code != 200:
             raise CloudError("rejected", f"cloud refused the request ({r.status_code}): "
                              f"{data.get('error', r.reason)}", r.status_code)
+        if not parse:
+            server = ({k: float(data.get(k, 0.0)) for k in ("receive_ms", "total_ms")}
+                      if isinstance(data, dict) else {})
+            return CloudAnswer(top1=-1, top_k=[], label=None, split="", elapsed_s=elapsed, server=server)
         try:
             top_k = data["top_k"]
             return CloudAnswer(
@@ -139,8 +152,8 @@ class CloudClient:
                 label=data.get("label"),
                 split=str(data.get("split", "")),
                 elapsed_s=elapsed,
-                server={k: float(data[k]) for k in ("decode_ms", "queue_ms", "tail_ms", "total_ms",
-                                                    "batch_size") if k in data},
+                server={k: float(data[k]) for k in ("receive_ms", "decode_ms", "queue_ms", "tail_ms",
+                                                    "total_ms", "batch_size") if k in data},
             )
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise CloudError("server", f"malformed answer from the cloud: {e}") from e
