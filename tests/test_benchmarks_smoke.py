@@ -1,0 +1,110 @@
+"""The codec and edge benchmarks run end to end on a real (tiny) bundle and write their JSON.
+
+Quick mode only: this checks that the benchmarks work, not what they measure.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks import edge_switch, packing
+from tests.conftest import run_module
+
+
+@pytest.fixture(scope="module")
+def profiled_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("bench-images")
+    rng = np.random.default_rng(7)
+    rows = ["file,label"]
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 10}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    if not (tiny_bundle / "profile.json").exists():
+        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
+        assert r.returncode == 0, r.stderr
+    if not (tiny_bundle / "device-this-machine.json").exists():
+        r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
+        assert r.returncode == 0, r.stderr
+    return tiny_bundle, folder
+
+
+def test_benchmarks_explain_how_to_build_a_missing_bundle(tmp_path, capsys):
+    for bench in (packing, edge_switch):
+        assert bench.main(["--bundle", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert "python -m converter zoo:fashion --out build/fashion" in err
+        assert "python -m edge_runtime.profile build/fashion" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_packing_benchmark_quick(profiled_bundle, tmp_path, capsys):
+    bundle, images = profiled_bundle
+    out = tmp_path / "packing.json"
+    assert packing.main(["--bundle", str(bundle), "--data", str(images), "--quick",
+                         "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Goals" in printed and "Synthetic" in printed
+    r = json.loads(out.read_text())
+    for key in ("up_to", "fewest_bytes", "pack", "per_split", "synthetic", "goals", "jpeg"):
+        assert key in r, key
+    few, pack = r["fewest_bytes"], r["pack"]
+    assert few["vs_float32"] > 0 and few["vs_jpeg"] > 0
+    assert r["up_to"]["vs_float32"] >= few["vs_float32"]
+    assert pack["split"] == few["split"] and pack["pack_mbps"] > 0 and pack["pack_ms_mean"] > 0
+    assert pack["head_ms_device_profile"] is not None
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert [row["split"] for row in r["per_split"]] == [s["name"] for s in manifest["splits"] if s["head"]]
+    groups = {row["group"] for row in r["synthetic"]["summary"]}
+    assert {"mnv2-relu6", "r50-relu"} <= groups
+    assert all(row["vs_float32"] > 1 for row in r["synthetic"]["summary"] if row["bits"] <= 8)
+    assert {g["status"] for g in r["goals"]} <= {"PASS", "FAIL", "N/A"} and len(r["goals"]) == 4
+
+
+@pytest.mark.slow
+def test_edge_switch_benchmark_quick(profiled_bundle, tmp_path):
+    bundle, images = profiled_bundle
+    out = tmp_path / "edge_switch.json"
+    assert edge_switch.main(["--bundle", str(bundle), "--data", str(images), "--quick",
+                             "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for key in ("switching", "lazy_load", "pipelining", "fallback", "goals"):
+        assert key in r, key
+    sw = r["switching"]
+    assert sw["same_head_ms_per_frame"] > 0 and sw["alternating_ms_per_frame"] > 0
+    assert sw["added_ms_per_switch"] is not None and r["lazy_load"]["added_ms_per_switch"] > 0
+    pipe = r["pipelining"]
+    assert set(pipe["fps"]) == {"serial", "senders1_depth1", "default"}
+    assert all(v > 0 for v in pipe["fps"].values()) and pipe["default_vs_serial"] > 0
+    assert pipe["fallbacks"] == 0 and pipe["device_class"] == "rpi4"
+    fb = r["fallback"]
+    assert fb["full_ms_this_run"] > 0 and fb["head_ms_this_run"] > 0 and fb["per_split"]
+
+
+def test_selection_math_on_profile_rows():
+    configs = [
+        {"split": "a", "bits": 2, "bytes_mean": 100.0, "drop_pp": 2.0, "float32_bytes": 8000},
+        {"split": "a", "bits": 4, "bytes_mean": 200.0, "drop_pp": 0.5, "float32_bytes": 8000},
+        {"split": "b", "bits": 4, "bytes_mean": 50.0, "drop_pp": 0.0, "float32_bytes": 400},
+        {"split": "b", "bits": 32, "bytes_mean": 300.0, "drop_pp": 0.0, "float32_bytes": 400},
+    ]
+    ok = packing.eligible(configs, 1.0)
+    assert packing.up_to(ok)["split"] == "a" and packing.vs_float32(packing.up_to(ok)) == 40.0
+    assert packing.fewest_bytes(ok)["split"] == "b"
+    rows = packing.per_split(configs, ["a", "b", "c"], 1.0, jpeg_bytes=1000.0)
+    assert [r["bits"] for r in rows] == [4, 4, None] and rows[1]["vs_jpeg"] == 20.0
+    assert packing.lossless_bytes(configs, "b") == 300.0
+
+
+def test_switch_cost_math():
+    assert edge_switch.switch_counts(3, 10) == (2, 29)
+    assert edge_switch.switch_counts(1, 10) == (0, 0)
+    # 27 extra switches cost 27 ms more in every round: 1 ms per switch
+    assert edge_switch.per_switch_ms([0.100, 0.200], [0.127, 0.227], 3, 10) == pytest.approx(1.0)
+    assert edge_switch.median_split(["a", "b", "c", "d"]) == "b"
