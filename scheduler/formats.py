@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST_VERSION = 1
 PROFILE_VERSION = 1
 DEVICE_PROFILE_VERSION = 1
 INPUT_SPLIT = "input"
@@ -113,21 +112,20 @@ def _field(data: dict[str, Any], key: str, path: Path) -> Any:
 
 
 def load_manifest(path: Path) -> ManifestInfo:
-    fix = "rebuild the bundle with `python -m converter`"
-    data = _read_json(path, "bundle manifest", fix)
-    _check_version(data, MANIFEST_VERSION, path, fix)
+    """The fields the scheduler uses, read by the one manifest reader (edge_runtime.manifest)."""
+    from edge_runtime.manifest import BundleError, load_manifest as read_manifest
+
+    path = Path(path)
+    if path.name != "manifest.json":
+        raise FormatError(f"{path}: expected a bundle's manifest.json")
     try:
-        model = _field(data, "model", path)
-        splits = tuple(
-            SplitInfo(name=str(s["name"]), index=int(s["index"]),
-                      shape=tuple(int(v) for v in s["shape"]),
-                      head_flops=int(s.get("head_flops", 0)), tail_flops=int(s.get("tail_flops", 0)))
-            for s in _field(data, "splits", path))
-        return ManifestInfo(model_name=str(model.get("name", "?")),
-                            input_shape=tuple(int(v) for v in model["input_shape"]),
-                            full_flops=int(_field(data, "full_flops", path)), splits=splits)
-    except (KeyError, TypeError, ValueError) as e:
-        raise FormatError(f"{path}: malformed manifest ({e!r}); {fix}") from None
+        m = read_manifest(path.parent, check_files=False)
+    except BundleError as e:
+        raise FormatError(str(e)) from None
+    splits = tuple(SplitInfo(name=s.name, index=s.index, shape=s.shape, head_flops=s.head_flops,
+                             tail_flops=s.tail_flops) for s in m.splits)
+    return ManifestInfo(model_name=m.model.name, input_shape=m.model.input_shape,
+                        full_flops=m.full_flops, splits=splits)
 
 
 def load_profile(path: Path) -> Profile:
