@@ -38,6 +38,7 @@ class ServerConfig:
     request_timeout_s: float = 30.0
     retry_after_s: int = 1
     default_k: int = 5
+    fault_injection: bool = False  # POST /v1/_faults (cloud_runtime.faults); tests only
 
     def resolved(self) -> "ServerConfig":
         """A copy with every None filled in and every value checked (ConfigError otherwise)."""
