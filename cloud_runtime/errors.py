@@ -121,6 +121,9 @@ def register_error_handlers(app: Flask) -> None:
         for key, value in e.get_headers():
             if key.lower() != "content-type":
                 resp.headers[key] = value
+        if status == 413:
+            # The unread body is still on the wire: this connection cannot carry another request.
+            resp.headers["Connection"] = "close"
         return resp
 
     @app.errorhandler(Exception)
