@@ -4,9 +4,9 @@ Off unless the server is started with `--fault-injection` (`ServerConfig.fault_i
 only then does `POST /v1/_faults` exist. Body: ``{"mode": "off" | "error_503" | "error_500" |
 "hang", "seconds": N}``: for the next N seconds (0 < N <= MAX_SECONDS) every request of this
 worker to `/v1/infer`, `/v1/infer/image` and `/v1/probe` is answered 503 (with Retry-After) or
-500, or hangs until the fault ends and is then served normally. `{"mode": "off"}` ends a fault at once
-(and releases hanging requests). `GET /v1/_faults` says what is set. Faults end by themselves, so
-a test that dies midway leaves no broken server behind.
+500, or hangs until the fault ends and is then served normally. `{"mode": "off"}` ends a fault
+at once (and releases hanging requests). `GET /v1/_faults` says what is set. Faults end by
+themselves, so a test that dies midway leaves no broken server behind.
 
 Auth: the endpoint sits behind the same bearer-token check as every other one (when a token
 is configured), and the check runs before any fault, so a fault never hides a 401. Faults
@@ -91,7 +91,8 @@ class FaultInjector:
                     self._cond.wait(rest)
                 return  # then served normally: a stalled server that comes back
         if mode == "error_503":
-            raise InjectedUnavailable(f"injected fault: unavailable for {left:.1f} more s", retry_after_s)
+            raise InjectedUnavailable(f"injected fault: unavailable for {left:.1f} more s",
+                                      retry_after_s)
         raise InjectedFailure(f"injected fault: failing for {left:.1f} more s")
 
     def _current(self) -> tuple[str, float]:

@@ -47,7 +47,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     duration = args.duration or (15.0 if args.fast else 45.0)
-    profile_limit = args.profile_limit or (150 if args.fast else 400)
+    profile_limit = args.profile_limit or (100 if args.fast else 300)
     t_start = time.monotonic()
     try:
         ensure_bundle(args, profile_limit)

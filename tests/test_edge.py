@@ -2,66 +2,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from edge_runtime.heads import HeadPool, useful_heads
 from edge_runtime.manifest import load_manifest
 from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame
-from tests.conftest import REPO, run_module
+from tests.conftest import run_module
+from tests.servers import CloudProcess
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class CloudProcess:
-    """A real `python -m cloud_runtime` on a loopback port, restartable on the same port."""
-
-    def __init__(self, bundle: Path, log: Path):
-        self.bundle, self.log, self.port = bundle, log, free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 90) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud_runtime", "--bundle", str(self.bundle), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            cwd=REPO, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cloud exited: {self.log.read_text()[-2000:]}")
-            time.sleep(0.2)
-        raise RuntimeError("cloud not ready in time")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
