@@ -1,0 +1,102 @@
+"""A real `python -m cloud_runtime` in a subprocess, for tests and benchmarks that need one.
+
+Shared by tests/test_edge.py, the tests/test_reliability_*.py files and benchmarks/faults.py and
+benchmarks/load.py. Loopback only (or a network namespace the caller created, via `wrap`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class CloudProcess:
+    """A real `python -m cloud_runtime` on a loopback port, restartable on the same port.
+
+    `args` are extra CLI flags; `token` is passed through $SPLITINFER_TOKEN (never the command
+    line) and sent on the readiness poll; `wrap` turns the command into one that runs elsewhere
+    (demo.link.NetnsLink.wrap), with `host` the address the server binds there.
+    """
+
+    def __init__(self, bundle: Path, log: Path, args: Sequence[str] = (), *, token: str | None = None,
+                 host: str = "127.0.0.1", wrap: Callable[[list[str]], list[str]] | None = None):
+        self.bundle, self.log, self.port = bundle, log, free_port()
+        self.args, self.token, self.host, self.wrap = list(args), token, host, wrap
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def start(self, timeout: float = 90) -> float:
+        """Start and wait for /readyz; returns the seconds it took (killed if not ready)."""
+        t0 = time.monotonic()
+        self.launch()
+        deadline = t0 + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/readyz", headers=self.headers, timeout=1).status_code == 200:
+                    return time.monotonic() - t0
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cloud exited: {self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError("cloud not ready in time")
+
+    def launch(self) -> None:
+        """Start the process and return at once (`start` also waits until it is ready)."""
+        argv = [sys.executable, "-m", "cloud_runtime", "--bundle", str(self.bundle), "--host", self.host,
+                "--port", str(self.port), "--workers", "1", *self.args]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("SPLITINFER_TOKEN", None)
+        if self.token:
+            env["SPLITINFER_TOKEN"] = self.token
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.wrap(argv) if self.wrap else argv, cwd=REPO, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM (gunicorn's graceful stop), SIGKILL after `timeout`; the exit code."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker's pid (the process that serves, and whose memory matters)."""
+        return int(requests.get(f"{self.url}/healthz", timeout=5).json()["pid"])
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
