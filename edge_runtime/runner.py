@@ -234,19 +234,13 @@ class EdgeRuntime:
             with self._sched_lock:
                 timeout = self._timeout_s(len(payload), start)
             try:
-                if kind == "activation":
-                    answer = self.client.infer(payload, timeout)
-                elif kind == "probe":
-                    answer = self.client.probe(payload, timeout)
-                else:
-                    answer = self.client.infer_image(payload, timeout)
+                answer = self._send(kind, payload, timeout)
             except CloudError as e:
-                with self._sched_lock:
-                    self.scheduler.observe_failure(self.clock(), probe=kind == "probe")
-                self.events.append({"t_s": round(now - self._t0, 3), "event": "cloud_error",
-                                    "kind": e.kind, "frame": frame.index, "error": str(e)})
-                if kind != "probe":
-                    self._finish_on_device(frame, decision, start, len(payload), str(e))
+                self._on_cloud_error(e, kind, frame, decision, start, len(payload), now)
+                continue
+            except Exception as e:  # a sender must never die: its frame would be lost
+                self._on_cloud_error(CloudError("unreachable", f"upload failed: {type(e).__name__}: {e}"),
+                                     kind, frame, decision, start, len(payload), now)
                 continue
             self._observe_answer(kind, answer, len(payload))
             if kind == "probe":
@@ -258,6 +252,21 @@ class EdgeRuntime:
                 self._ms_since(start), answer.top1, where, False, frame.label, frame.name,
                 decision.reason, server=answer.server))
 
+    def _send(self, kind: str, payload: bytes, timeout: float) -> CloudAnswer:
+        if kind == "activation":
+            return self.client.infer(payload, timeout)
+        if kind == "probe":
+            return self.client.probe(payload, timeout)
+        return self.client.infer_image(payload, timeout)
+
+    def _on_cloud_error(self, e: CloudError, kind, frame, decision, start, nbytes, now) -> None:
+        with self._sched_lock:
+            self.scheduler.observe_failure(self.clock(), probe=kind == "probe")
+        self.events.append({"t_s": round(now - self._t0, 3), "event": "cloud_error",
+                            "kind": e.kind, "frame": frame.index, "error": str(e)})
+        if kind != "probe":
+            self._finish_on_device(frame, decision, start, nbytes, str(e))
+
     def _maybe_ping(self, every_s: float = 2.0) -> None:
         """Keep the RTT known (the bandwidth estimate subtracts it from each upload)."""
         now = self.clock()
@@ -267,8 +276,8 @@ class EdgeRuntime:
             self._last_ping = now
         try:
             rtt_ms = self.client.ping(timeout_s=1.0)
-        except CloudError:
-            return  # uploads and probes decide about failures; a lost ping is not one
+        except Exception:  # noqa: BLE001 - uploads and probes decide about failures, not pings
+            return
         with self._sched_lock:
             self.scheduler.observe_rtt(self.clock(), rtt_ms)
 
