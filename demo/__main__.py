@@ -284,7 +284,7 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     t = np.array([r["t_s"] for r in rows])
     depth = np.array([full_depth if r["where"] == "device" else order.get(r["split"], 0) for r in rows])
     lat = np.array([r["latency_ms"] for r in rows])
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True, dpi=110)
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7.5), sharex=True, dpi=110, layout="constrained")
     end = max(t.max() if t.size else 1.0, 1.0)
     bins = trace.rates_mbps(0.5, duration_s=end + 0.5)
     axes[0].step(np.arange(len(bins)) * 0.5, bins, where="post", color="grey", label="link (trace)")
@@ -295,7 +295,7 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     axes[1].set_yticks([0, full_depth])
     axes[1].set_yticklabels(["cloud-only", "device-only"])
     axes[1].set_ylabel("split (depth)")
-    fig.colorbar(sc, ax=axes[1], label="bits", pad=0.01)
+    fig.colorbar(sc, ax=list(axes), label="bits (middle panel)", pad=0.01, fraction=0.03)
     fb = np.array([r["fallback"] for r in rows], dtype=bool)
     axes[2].scatter(t[~fb], lat[~fb], s=4, color="tab:green", label="answered")
     if fb.any():
@@ -305,7 +305,6 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     axes[2].set_xlabel("time since start of run (s)")
     axes[2].legend(fontsize=8, loc="upper right")
     fig.suptitle(f"dyno live: split and bits follow the uplink ({args.device})")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
