@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 from flask import Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from cloud_runtime.backend import TailBackend, make_backend
 from cloud_runtime.buckets import bucket_sizes
@@ -188,7 +189,12 @@ def _register_views(app: Flask) -> None:
 def _read_body() -> bytes:
     """The request body; how long it took to arrive is upload time, not server time."""
     t0 = time.perf_counter()
-    body = request.get_data(cache=False)
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise  # 413 and friends keep their status
+    except Exception as e:  # the WSGI server's parser (a malformed chunked body, a cut stream)
+        raise BadRequest(f"malformed request body: {type(e).__name__}: {str(e)[:200]}") from None
     g.receive_s = time.perf_counter() - t0
     return body
 

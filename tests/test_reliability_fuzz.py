@@ -266,10 +266,8 @@ FIELD_VALUES = {
 }
 BODY_KINDS = ("bomb", "bomb_just_over", "random", "short_raw", "long_raw", "raw_edit", "special",
               "empty_stream", "random_raw")
-# Malformed chunked bodies are left out here: they get 500 today (a bug, pinned by the strict
-# xfail test_malformed_chunked_bodies_get_400 below); put "bad_chunked" back once that is fixed.
-RAW_KINDS = ("huge_cl", "bad_cl", "cl_over", "cl_under", "dup_cl", "chunked", "te_and_cl",
-             "bad_line", "long_header", "bad_version", "garbage")
+RAW_KINDS = ("huge_cl", "bad_cl", "cl_over", "cl_under", "dup_cl", "chunked", "bad_chunked",
+             "te_and_cl", "bad_line", "long_header", "bad_version", "garbage")
 BAD_CHUNKED = [b"zz\r\n", b"3\r\nabcdef\r\n0\r\n\r\n", b"-1\r\n\r\n", b'3;x="\r\nabc\r\n0\r\n\r\n',
                b"3\r\nabc\r\n0\r\nX: " + b"a" * 300_000 + b"\r\n\r\n", b"ffffffffffffffff\r\nab",
                b"3\r\nab", b"100000\r\n" + b"a" * 1000]
@@ -634,10 +632,6 @@ def test_fuzzed_requests_get_4xx_never_5xx_and_memory_stays_bounded(server, pool
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="bug: a malformed chunked body (bad chunk size, extension, "
-                   "terminator or trailer) raises gunicorn's ParseException inside "
-                   "request.get_data, which the app answers 500 and logs with a traceback")
 @pytest.mark.parametrize("chunks", BAD_CHUNKED[:5])
 def test_malformed_chunked_bodies_get_400(server, chunks):
     for path in ("/v1/infer", "/v1/infer/image"):
