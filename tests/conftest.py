@@ -60,3 +60,31 @@ def tiny_bundle(tmp_path_factory, tiny_model_path) -> Path:
     result = run_module("converter", str(tiny_model_path), "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     return out
+
+
+def write_image_folder(folder: Path, n: int = 16, shape=(32, 32, 3), seed: int = 0) -> Path:
+    """`n` random RGB PNGs plus a labels.csv (file,label): a user's image folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = ["file,label"]
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"{i:02d}.png")
+        rows.append(f"{i:02d}.png,{i % 10}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def profiled_bundle(tiny_bundle, tmp_path_factory):
+    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
+    folder = write_image_folder(tmp_path_factory.mktemp("profile-images"), 16, seed=5)
+    if not (tiny_bundle / "profile.json").exists():
+        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
+        assert r.returncode == 0, r.stderr
+    if not (tiny_bundle / "device-this-machine.json").exists():
+        r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
+        assert r.returncode == 0, r.stderr
+    return tiny_bundle, folder

@@ -13,27 +13,6 @@ from benchmarks import edge_switch, packing
 from tests.conftest import run_module
 
 
-@pytest.fixture(scope="module")
-def profiled_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("bench-images")
-    rng = np.random.default_rng(7)
-    rows = ["file,label"]
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
-        rows.append(f"{i:02d}.png,{i % 10}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    if not (tiny_bundle / "profile.json").exists():
-        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
-        assert r.returncode == 0, r.stderr
-    if not (tiny_bundle / "device-this-machine.json").exists():
-        r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
-        assert r.returncode == 0, r.stderr
-    return tiny_bundle, folder
-
-
 def test_benchmarks_explain_how_to_build_a_missing_bundle(tmp_path, capsys):
     for bench in (packing, edge_switch):
         assert bench.main(["--bundle", str(tmp_path / "none"), "--out", str(tmp_path / "x.json")]) == 2

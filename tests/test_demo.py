@@ -1,25 +1,15 @@
 """End to end, as `make demo` runs it, on the tiny model: convert, profile, cloud, edge, scheduler."""
 import json
 
-import numpy as np
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import run_module, write_image_folder
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_end_to_end(tiny_model_path, tmp_path):
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(7)
-    rows = ["file,label"]
-    for i in range(20):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / f"{i:02d}.png")
-        rows.append(f"{i:02d}.png,{i % 10}")
-    (images / "labels.csv").write_text("\n".join(rows) + "\n")
+    images = write_image_folder(tmp_path / "images", 20, seed=7)
     bundle, out = tmp_path / "bundle", tmp_path / "report"
     r = run_module("demo", "--bundle", str(bundle), "--source", str(tiny_model_path), "--images",
                    str(images), "--duration", "4", "--out", str(out), "--max-splits", "4", timeout=600)

@@ -18,27 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def profiled_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("edge-images")
-    rng = np.random.default_rng(5)
-    rows = ["file,label"]
-    for i in range(16):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
-        rows.append(f"{i:02d}.png,{i % 10}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    if not (tiny_bundle / "profile.json").exists():
-        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
-        assert r.returncode == 0, r.stderr
-    r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
-    assert r.returncode == 0, r.stderr
-    tiny_bundle.joinpath("images").mkdir(exist_ok=True)
-    return tiny_bundle, folder
-
-
-@pytest.fixture(scope="module")
 def cloud(profiled_bundle, tmp_path_factory):
     server = CloudProcess(profiled_bundle[0], tmp_path_factory.mktemp("cloud") / "cloud.log")
     server.start()

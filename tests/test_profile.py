@@ -6,7 +6,7 @@ import pytest
 
 from converter.pareto import pareto_front
 from converter.profile import choose_variants
-from tests.conftest import run_module
+from tests.conftest import run_module, write_image_folder
 
 
 def test_pareto_front_is_the_lower_left_staircase():
@@ -27,16 +27,7 @@ def test_choose_variants_prefers_calibrated_only_when_it_is_free():
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    rows = ["file,label"]
-    for i in range(24):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
-        rows.append(f"{i:02d}.png,{i % 10}")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    return folder
+    return write_image_folder(tmp_path_factory.mktemp("images"), 24)
 
 
 @pytest.mark.slow
