@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks import edge_switch, packing
-from tests.conftest import run_module
+
 
 
 def test_benchmarks_explain_how_to_build_a_missing_bundle(tmp_path, capsys):
