@@ -20,7 +20,6 @@ from scheduler.scheduler import SchedulerParams
 from scheduler.traces import outage
 from tests.servers import CloudProcess
 from tests.test_cloud_app import build
-from tests.test_edge import profiled_bundle  # noqa: F401  (a fixture)
 
 POLICIES = ("fixed", "auto")
 SCENARIO = Scenario(fps=20.0, slo_ms=500.0, outage_s=10.0, fault_s=2.5, hang_s=3.0, dead_s=2.0,

@@ -47,7 +47,6 @@ from requests.adapters import HTTPAdapter
 from edge_runtime.manifest import load_manifest
 from edge_runtime.packing import BITS, LAYOUT_TAGS, PARAMS_TAGS, ChannelRanges, pack
 from tests.servers import CloudProcess
-from tests.test_edge import profiled_bundle  # noqa: F401  (a fixture)
 
 TOKEN = "fz-" + os.urandom(12).hex()
 MAX_BODY = 256 << 10  # small, so that bodies at and over the limit are cheap to send

@@ -21,7 +21,6 @@ from PIL import Image
 
 from tests.conftest import run_module
 from tests.servers import CloudProcess
-from tests.test_edge import profiled_bundle  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.slow
 
