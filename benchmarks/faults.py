@@ -51,6 +51,7 @@ from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, FrameResult  # n
 from edge_runtime.uplink import CloudError  # noqa: E402
 from scheduler.traces import outage, transfer  # noqa: E402
 from tests.servers import CloudProcess  # noqa: E402
+from benchmarks._common import write_results  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "faults.json"
 DEFAULT_BUNDLE = REPO / "build" / "reliability-tiny"
@@ -405,8 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             cloud.kill()
         shutil.rmtree(work, ignore_errors=True)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_results(args.out, report)
     print(f"wrote {args.out}")
     return 0
 

@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 from benchmarks.cloud_load import make_payloads  # noqa: E402
 from edge_runtime.manifest import load_manifest  # noqa: E402
 from tests.servers import CloudProcess  # noqa: E402
+from benchmarks._common import write_results  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "load.json"
 DEFAULT_BUNDLE = REPO / "build" / "reliability-tiny"
@@ -291,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_end": list(os.getloadavg())},
     }
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_results(args.out, report)
     print(f"wrote {args.out}")
     return 0
 
