@@ -19,8 +19,8 @@ from werkzeug.exceptions import HTTPException
 from cloud_runtime.backend import TailBackend, make_backend
 from cloud_runtime.buckets import bucket_sizes
 from cloud_runtime.config import ServerConfig
-from cloud_runtime.errors import (BadPayload, BadRequest, CalibrationMismatch, Unauthorized,
-                                  UnknownSplit, register_error_handlers)
+from cloud_runtime.errors import (BadPayload, BadRequest, BodyTimeout, CalibrationMismatch,
+                                  Unauthorized, UnknownSplit, register_error_handlers)
 from cloud_runtime.metrics import CONTENT_TYPE, ServerMetrics
 from cloud_runtime.registry import ModelRegistry, ServedModel
 from cloud_runtime.service import InferenceService
@@ -78,6 +78,10 @@ def _install_hooks(app: Flask, config: ServerConfig) -> None:
     @app.before_request
     def _start_and_authenticate():
         g.t0 = time.perf_counter()
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            # A client that stops sending mid-body must not hold a worker thread for ever.
+            sock.settimeout(config.read_timeout_s)
         if token is None or request.endpoint in OPEN_ENDPOINTS:
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
@@ -191,7 +195,11 @@ def _read_body() -> bytes:
     t0 = time.perf_counter()
     try:
         body = request.get_data(cache=False)
-    except HTTPException:
+    except HTTPException as e:
+        if isinstance(e.__context__, TimeoutError):  # werkzeug reports a socket timeout as 400
+            timeout = _service().config.read_timeout_s
+            raise BodyTimeout(f"request body stalled for {timeout:g} s before it was complete; "
+                              "the connection is closed (resend it)") from None
         raise  # 413 and friends keep their status
     except Exception as e:  # the WSGI server's parser (a malformed chunked body, a cut stream)
         raise BadRequest(f"malformed request body: {type(e).__name__}: {str(e)[:200]}") from None

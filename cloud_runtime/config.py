@@ -36,6 +36,7 @@ class ServerConfig:
     load: str = "eager"
     backend: str = "keras"
     request_timeout_s: float = 30.0
+    read_timeout_s: float = 5.0  # longest silence while a request arrives; frees stalled threads
     retry_after_s: int = 1
     default_k: int = 5
     fault_injection: bool = False  # POST /v1/_faults (cloud_runtime.faults); tests only
@@ -71,6 +72,8 @@ class ServerConfig:
             raise ConfigError(f"max_delay_ms must be >= 0. Received: max_delay_ms={self.max_delay_ms!r}")
         if not self.request_timeout_s > 0:
             raise ConfigError(f"request_timeout_s must be > 0. Received: {self.request_timeout_s!r}")
+        if not self.read_timeout_s > 0:
+            raise ConfigError(f"read_timeout_s must be > 0. Received: {self.read_timeout_s!r}")
         if self.load not in LOAD_MODES:
             raise ConfigError(f"load must be one of {LOAD_MODES}. Received: load={self.load!r}")
         if self.backend not in BACKENDS:

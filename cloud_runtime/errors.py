@@ -35,6 +35,14 @@ class BadPayload(ApiError):
     status, code = 400, "bad_payload"
 
 
+class BodyTimeout(ApiError):
+    status, code = 408, "body_timeout"
+
+    def __init__(self, message: str):
+        # The WSGI server closes the connection itself: the body it was reading has failed.
+        super().__init__(message)
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load", choices=LOAD_MODES, default=d.load,
                    help="eager: load every tail at worker start (default); lazy: on first use")
     p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s)
+    p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s,
+                   help="longest silence allowed while a request body arrives (then 408)")
     p.add_argument("--fault-injection", action="store_true",
                    help="testing only: enable POST /v1/_faults to make inference answer 5xx or "
                         "hang on purpose (see cloud_runtime/faults.py); never in production")
@@ -61,7 +63,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         threads=args.threads, token=args.token, max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms, max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, early_dispatch=args.early_dispatch, load=args.load,
-        request_timeout_s=args.request_timeout_s, fault_injection=args.fault_injection,
+        request_timeout_s=args.request_timeout_s, read_timeout_s=args.read_timeout_s,
+        fault_injection=args.fault_injection,
     ).resolved()
 
 

@@ -22,11 +22,14 @@ from converter.export import ExportError, to_tflite
 from converter.flops import layer_flops
 from edge_runtime.interpreter import load_interpreter, run_once
 from edge_runtime.manifest import (
+    FORMAT_NAME,
     INPUT_SPLIT,
     MANIFEST_FILE,
     Manifest,
     ModelInfo,
     Split,
+    is_bundle,
+    umask_mode,
     write_json_atomic,
 )
 
@@ -131,11 +134,16 @@ def convert(
     import keras
 
     started = time.perf_counter()
-    p = plan(model, options, input_shape)
     out = Path(out_dir)
+    if out.exists() and not is_bundle(out):
+        raise ValueError(f"{out} exists and is not a bundle (no manifest.json of format "
+                         f"{FORMAT_NAME!r}); the converter only replaces bundles. Choose a new "
+                         "--out directory, or remove this one yourself.")
+    p = plan(model, options, input_shape)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        umask_mode(work)
         (work / "heads").mkdir()
         (work / "tails").mkdir()
         if options.int8:

@@ -21,6 +21,7 @@ from converter.quiet import import_tensorflow
 from edge_runtime import packing
 from edge_runtime.images import ImageError, decode_image, encode_jpeg, list_images, load_image
 from edge_runtime.interpreter import load_interpreter, run_once
+from edge_runtime.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from edge_runtime.manifest import BundleError, Manifest, load_manifest, write_json_atomic
 
 PROFILE_VERSION = 1
@@ -143,7 +144,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         "variants": variants,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json_atomic(bundle / "calibration.json", {"version": 1, "model_sha256": manifest.model.sha256,
+    write_json_atomic(bundle / CALIBRATION_FILE, {"version": CALIBRATION_VERSION, "model_sha256": manifest.model.sha256,
                                                     "splits": calibration})
     write_json_atomic(bundle / "profile.json", profile)
     from converter.pareto import plot_pareto

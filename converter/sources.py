@@ -34,6 +34,7 @@ def load_source(spec: str, *, weights: str | None = None, input_shape=None) -> S
         )
     if weights is not None:
         _check_weights_path(weights)
+    _check_container(path, spec)
     from converter.quiet import import_tensorflow
 
     import_tensorflow()
@@ -48,6 +49,24 @@ def load_source(spec: str, *, weights: str | None = None, input_shape=None) -> S
         _load_weights(model, weights)
     digest = _sha256(path) if weights is None else _sha256_many([path, Path(weights)])
     return Source(model=model, name=path.stem, sha256=digest)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_container(path: Path, spec: str) -> None:
+    """A truncated or foreign file, named before Keras reports it misleadingly ("File not found")."""
+    import zipfile
+
+    if path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        raise SourceError(f"Cannot load {spec}: not a .keras archive (a zip file); it is truncated "
+                          "or was not written by model.save(). Save the model again.")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        with path.open("rb") as f:
+            start = f.read(2048 + len(HDF5_SIGNATURE))
+        if not any(start[o:o + len(HDF5_SIGNATURE)] == HDF5_SIGNATURE for o in (0, 512, 1024, 2048)):
+            raise SourceError(f"Cannot load {spec}: not an HDF5 file; it is truncated or was "
+                              "not written by model.save(). Save the model again.")
 
 
 def _load_zoo(name: str, weights: str | None, input_shape) -> Source:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from edge_runtime.images import ImageError, list_images, load_image
+from edge_runtime.images import ImageError, check_image_file, list_images, load_image
 from edge_runtime.manifest import BundleError
 from edge_runtime.runner import POLICIES, EdgeConfig, EdgeRuntime, Frame, summarize
 
@@ -41,17 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def frames_from_images(path: Path, shape, limit: int | None) -> Iterator[Frame]:
     entries = list_images(path)[:limit]
-    from PIL import Image
-
     for e in entries:  # check every size before the first frame, so no frame is dropped midway
-        try:
-            with Image.open(e.path) as img:
-                size = img.size
-        except OSError as err:
-            raise ImageError(f"{e.path}: not a readable image ({err}).") from err
-        if (size[1], size[0]) != tuple(shape[:2]):
-            raise ImageError(f"{e.path}: the model takes {shape[1]}x{shape[0]} images. "
-                             f"Received: {size[0]}x{size[1]}.")
+        check_image_file(e.path, shape)
     for i, e in enumerate(entries):
         yield Frame(i, load_image(e.path, shape), e.label, e.path.name)
 

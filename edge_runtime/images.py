@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -27,22 +29,46 @@ class LabelledImage:
 
 
 def decode_image(data: bytes, expected_shape: tuple[int, ...] | None = None, *, what: str = "image") -> np.ndarray:
-    """JPEG/PNG bytes -> float32 HxWx3 array of 0..255, checked against `expected_shape`."""
+    """JPEG/PNG bytes -> float32 HxWxC array of 0..255 (C=3, or 1 for grey models), checked
+    against `expected_shape`."""
+    grey = expected_shape is not None and len(expected_shape) == 3 and expected_shape[-1] == 1
+    with _opened(io.BytesIO(data), expected_shape, what) as img:
+        try:
+            pixels = np.asarray(img.convert("L" if grey else "RGB"), dtype=np.float32)
+            return pixels[..., None] if grey else pixels
+        except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+            raise ImageError(f"{what}: not a readable image (JPEG or PNG expected: {e}).") from e
+
+
+def check_image_file(path: str | Path, expected_shape: tuple[int, ...]) -> None:
+    """Format and size from the header only: cheap enough to check a whole folder up front."""
+    with _opened(path, expected_shape, str(path)):
+        pass
+
+
+@contextmanager
+def _opened(source, expected_shape: tuple[int, ...] | None, what: str) -> Iterator:
+    """An open PIL image whose format and size are checked before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format not in ("JPEG", "PNG"):
-                raise ImageError(f"{what}: expected a JPEG or PNG image. Received: {img.format}.")
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ImageError(f"{what}: not a readable JPEG or PNG image ({e}).") from e
-    if expected_shape is not None and tuple(rgb.shape) != tuple(expected_shape):
-        raise ImageError(
-            f"{what}: the model takes {expected_shape[1]}x{expected_shape[0]} RGB images. "
-            f"Received: {rgb.shape[1]}x{rgb.shape[0]}. Resize it first."
-        )
-    return rgb
+        img = Image.open(source)
+    except Image.DecompressionBombError as e:  # refused from the header, before decoding
+        wanted = (f"the model takes {expected_shape[1]}x{expected_shape[0]} images; "
+                  if expected_shape is not None else "")
+        raise ImageError(f"{what}: {wanted}this one is too large to decode safely ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{what}: not a readable image (JPEG or PNG expected: {e}).") from e
+    with img:
+        if img.format not in ("JPEG", "PNG"):
+            raise ImageError(f"{what}: expected a JPEG or PNG image. Received: {img.format}.")
+        width, height = img.size
+        if expected_shape is not None and (height, width) != tuple(expected_shape[:2]):
+            raise ImageError(
+                f"{what}: the model takes {expected_shape[1]}x{expected_shape[0]} images. "
+                f"Received: {width}x{height}. Resize it first."
+            )
+        yield img
 
 
 def load_image(path: str | Path, expected_shape: tuple[int, ...] | None = None) -> np.ndarray:

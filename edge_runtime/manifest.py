@@ -16,6 +16,8 @@ from typing import Any
 FORMAT_NAME = "splitinfer-bundle"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 INPUT_SPLIT = "input"
 
 
@@ -164,11 +166,27 @@ def bundle_files(manifest: Manifest) -> list[str]:
     return paths
 
 
+def is_bundle(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory holding a bundle manifest (the only thing --out replaces)."""
+    try:
+        data = json.loads((Path(path) / MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT_NAME
+
+
+def umask_mode(path: str | os.PathLike) -> None:
+    """Give a file or directory made by `tempfile` (0600/0700) the mode a plain open/mkdir
+    would: a server running as another user must be able to read the bundle."""
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON so that a reader never sees half a file (temp file + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        umask_mode(tmp)
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.write("\n")

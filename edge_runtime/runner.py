@@ -23,6 +23,7 @@ import numpy as np
 from edge_runtime import packing
 from edge_runtime.heads import FULL, HeadPool, useful_heads
 from edge_runtime.images import encode_jpeg
+from edge_runtime.calibration import load_calibration
 from edge_runtime.manifest import INPUT_SPLIT, BundleError, load_manifest
 from edge_runtime.uplink import CloudAnswer, CloudClient, CloudError
 
@@ -104,9 +105,8 @@ class EdgeRuntime:
         self.clock = clock
         self.manifest = load_manifest(self.bundle)
         self.profile = _read_optional_json(self.bundle / "profile.json")
-        self.calibration = _load_calibration(self.bundle, self.manifest.model.sha256)
-        self._params = {(c["split"], c["bits"]): c.get("params", "frame")
-                        for c in (self.profile or {}).get("configs", [])}
+        self.calibration = load_calibration(self.bundle, self.manifest)
+        self._params = _packing_params(self.bundle, self.profile)
         if config.policy != "device" and cloud_url is None:
             raise ValueError(f"policy={config.policy} needs --cloud URL.")
         if config.policy == "fixed":
@@ -371,11 +371,12 @@ def _read_optional_json(path: Path) -> dict | None:
         raise BundleError(f"Cannot read {path}: {e}") from e
 
 
-def _load_calibration(bundle: Path, sha256: str) -> dict[str, packing.ChannelRanges]:
-    data = _read_optional_json(bundle / "calibration.json")
-    if not data:
-        return {}
-    if data.get("model_sha256") != sha256:
-        raise BundleError(f"{bundle / 'calibration.json'} belongs to another model: re-run "
-                          "python -m converter.profile.")
-    return {name: packing.ChannelRanges.from_json(r) for name, r in data.get("splits", {}).items()}
+def _packing_params(bundle: Path, profile: dict | None) -> dict[tuple[str, int], str]:
+    """(split, bits) -> how the profiler packed it ("frame" or "calibrated" ranges)."""
+    try:
+        return {(c["split"], int(c["bits"])): c.get("params", "frame")
+                for c in (profile or {}).get("configs", [])}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{bundle / 'profile.json'}: every entry of 'configs' needs a 'split' "
+                          f"and integer 'bits' ({type(e).__name__}: {e}); rerun python -m "
+                          "converter.profile") from None

@@ -8,10 +8,9 @@ the checksums (huge or wrong shapes, unknown bit widths/tags/flags, lying counts
 split name and index, calibration reference, body length), body replacements with the body CRC
 recomputed (decompression bombs, streams of the wrong length, random symbols, NaN/inf
 parameters and values), random bytes, wrong methods, paths, content types, queries and headers,
-and, over raw sockets, wrong/huge/duplicate Content-Length, chunked bodies and broken HTTP
-(malformed chunked bodies have their own strict xfail: they get 500 today). Every answer must be
-< 500 (4xx for bad input; a mutation that leaves the payload valid may get 200), the worker must
-stay the same process, and its RSS must stay bounded. Each hypothesis example is 50 requests,
+and, over raw sockets, wrong/huge/duplicate Content-Length, chunked bodies and broken HTTP.
+Every answer must be < 500 (4xx for bad input; a mutation that leaves the payload valid may
+get 200), the worker must stay the same process, and its RSS must stay bounded. Each hypothesis example is 50 requests,
 sent on 4 threads with keep-alive connections while hypothesis draws the next one.
 
 `SPLITINFER_FUZZ_SEED=N` explores other inputs (the default seed keeps CI reproducible).
@@ -50,6 +49,8 @@ from tests.servers import CloudProcess
 
 TOKEN = "fz-" + os.urandom(12).hex()
 MAX_BODY = 256 << 10  # small, so that bodies at and over the limit are cheap to send
+READ_TIMEOUT_S = 2.0  # the server's --read-timeout-s: short, so stalled-upload tests are quick
+GUNICORN_DRAIN_S = 5.0  # gthread's bound on draining an unread body (DEFAULT_WORKER_DATA_TIMEOUT)
 EXAMPLES, PER_EXAMPLE, THREADS = 200, 50, 4  # 10,000 requests
 FUZZ_SEED = int(os.environ.get("SPLITINFER_FUZZ_SEED", "20261201"))
 # The worker's RSS climbs over the first few thousand requests (allocator arenas of the request
@@ -518,8 +519,8 @@ def _raw_case(plan: tuple, valid: bytes) -> Case:
 @pytest.fixture(scope="module")
 def server(profiled_bundle, tmp_path_factory):  # noqa: F811
     log = tmp_path_factory.mktemp("fuzz") / "cloud.log"
-    cloud = CloudProcess(profiled_bundle[0], log, ["--max-body-bytes", str(MAX_BODY), "--log-level", "debug"],
-                         token=TOKEN)
+    cloud = CloudProcess(profiled_bundle[0], log, ["--max-body-bytes", str(MAX_BODY), "--log-level", "debug",
+                                                    "--read-timeout-s", str(READ_TIMEOUT_S)], token=TOKEN)
     cloud.start()
     yield cloud
     cloud.stop()
@@ -642,7 +643,7 @@ def test_malformed_chunked_bodies_get_400(server, chunks):
 
 @pytest.mark.slow
 def test_one_stalled_upload_does_not_block_other_requests(server):
-    """A request whose body never finishes holds one worker thread (see the xfail below)."""
+    """A request whose body never finishes holds one worker thread, at most for the read timeout."""
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
                  + b"\r\nContent-Length: 5000\r\n\r\nabc")
@@ -654,27 +655,44 @@ def test_one_stalled_upload_does_not_block_other_requests(server):
         sock.close()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=requests.exceptions.ReadTimeout,
-                   reason="bug: gunicorn gthread reads request bodies with no timeout, "
-                   "so as many stalled uploads as --threads make the worker stop answering "
-                   "(docs/RELIABILITY.md, 'Known gaps')")
-def test_as_many_stalled_uploads_as_threads_do_not_stop_the_server(server):
-    threads = json.loads(requests.get(server.url + "/v1/models", headers=server.headers, timeout=5)
-                         .content)["batching"]["max_batch"] * 2  # the default --threads
+def _stall(port: int, n: int, authorized: bool) -> list[socket.socket]:
+    """n connections that each send headers and 3 of 5000 body bytes, then go silent."""
+    auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n" if authorized else b""
     socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 5000\r\n\r\nabc")
+        socks.append(s)
+    return socks
+
+
+def _threads(server) -> int:
+    return json.loads(requests.get(server.url + "/v1/models", headers=server.headers, timeout=5)
+                      .content)["batching"]["max_batch"] * 2  # the default --threads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("authorized", [False, True], ids=["refused", "authorized"])
+def test_more_stalled_uploads_than_threads_do_not_stop_the_server(server, authorized):
+    """A stalled body holds a thread for at most the read timeout (authorized: the app reads it
+    and answers 408) or gunicorn's bounded drain (refused before the body was read)."""
+    bound = READ_TIMEOUT_S if authorized else GUNICORN_DRAIN_S
+    socks = _stall(server.port, max(8, _threads(server)) + 2, authorized)
     try:
-        for _ in range(max(8, threads) + 2):
-            s = socket.create_connection(("127.0.0.1", server.port))
-            s.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\nabc")
-            socks.append(s)
         time.sleep(1.0)
-        assert requests.get(server.url + "/healthz", timeout=3).status_code == 200
+        t0 = time.monotonic()
+        assert requests.get(server.url + "/healthz", timeout=bound + 3).status_code == 200
+        assert time.monotonic() - t0 < bound + 2
+        if authorized:
+            socks[0].settimeout(READ_TIMEOUT_S + 5)
+            answer = socks[0].recv(4096).decode("latin-1")
+            assert answer.startswith("HTTP/1.1 408") and "body_timeout" in answer, answer[:300]
+            assert socks[0].recv(10) == b""  # and the connection is closed
     finally:
         for s in socks:
             s.close()
-        time.sleep(0.5)
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert "Traceback" not in server.log_text()
 
 
 # ---- auth -------------------------------------------------------------------------------------
