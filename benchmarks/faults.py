@@ -16,9 +16,8 @@ with the same code and asserts on it.
 
 The link: `netns` (root, `ip` and `tc`: the service runs in a network namespace behind a tc tbf
 veth, which cannot go below 8 kbit/s) or `inprocess` (demo.link.TokenBucketLink following the
-same trace, where an upload that the link cannot deliver within `DEADLINE_S` fails as a socket
-timeout would; the shipped TokenBucketLink would instead hold it until the outage ends, see
-docs/RELIABILITY.md; `inprocess-shipped` runs it as it is). `auto` picks netns when it can.
+same trace; an upload that it cannot deliver within the request's timeout fails as a socket
+timeout would). `auto` picks netns when it can.
 
 The tiny test model runs in 0.02 ms here, so `auto` would never offload it: the scenario gives
 the runtimes a copy of the bundle whose device profile claims a `SLOW_DEVICE_FULL_MS` board.
@@ -48,47 +47,20 @@ if str(REPO) not in sys.path:  # `tests.servers` when run as a script from elsew
 
 from demo.link import NetnsLink, TokenBucketLink  # noqa: E402
 from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, FrameResult  # noqa: E402
-from edge_runtime.uplink import CloudError  # noqa: E402
-from scheduler.traces import outage, transfer  # noqa: E402
+from scheduler.traces import outage  # noqa: E402
 from tests.servers import CloudProcess  # noqa: E402
 from benchmarks._common import write_results  # noqa: E402
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "faults.json"
 DEFAULT_BUNDLE = REPO / "build" / "reliability-tiny"
 SLOW_DEVICE_FULL_MS = 200.0
-DEADLINE_S = 0.5  # an upload's timeout is bounded by what the SLO leaves (500 ms here)
 LINK_MBPS = 10.0
 RTT_MS = 20.0
 FAULTS = ("link_zero", "error_503", "error_500", "hang", "kill_restart")
-LINKS = ("auto", "netns", "inprocess", "inprocess-shipped")
+LINKS = ("auto", "netns", "inprocess")
 
 
 # ---- pieces ---------------------------------------------------------------------------------
-
-
-class DeadlineTokenBucketLink(TokenBucketLink):
-    """TokenBucketLink whose uploads fail after `deadline_s` when the link cannot carry them.
-
-    The shipped link sleeps until the trace delivers the last byte, whatever the request's
-    timeout; a real socket gives up. Uploads it can deliver in time go through the parent.
-    """
-
-    kind = "in-process token bucket (scheduler.traces model), uploads time out"
-
-    def __init__(self, trace, rtt_ms: float = RTT_MS, deadline_s: float = DEADLINE_S):
-        super().__init__(trace, rtt_ms)
-        self.deadline_s = deadline_s
-        self.timeouts = 0
-
-    def before_send(self, nbytes: int) -> None:
-        with self._lock:
-            now = self.elapsed_s()
-            done = transfer(self.trace, now, nbytes, self.rtt_s, min_index=self._next_index).acked_s
-        if done - now > self.deadline_s:
-            self.timeouts += 1
-            time.sleep(self.deadline_s)
-            raise CloudError("timeout", f"the link carried nothing for {self.deadline_s:g} s")
-        super().before_send(nbytes)
 
 
 def slow_device_copy(bundle: Path, dst: Path, full_ms: float = SLOW_DEVICE_FULL_MS) -> Path:
@@ -166,8 +138,6 @@ def make_link(kind: str, trace):
     if kind == "netns":
         return NetnsLink(trace, RTT_MS)
     if kind == "inprocess":
-        return DeadlineTokenBucketLink(trace, RTT_MS)
-    if kind == "inprocess-shipped":  # holds uploads through the outage (docs/RELIABILITY.md)
         return TokenBucketLink(trace, RTT_MS)
     raise ValueError(f"Expected one of {LINKS}. Received: link={kind!r}")
 
@@ -373,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slo-ms", type=float, default=500.0)
     p.add_argument("--split", default="res_add")
     p.add_argument("--bits", type=int, default=8)
-    p.add_argument("--link", default="auto", choices=LINKS,
-                   help="inprocess-shipped: demo.link.TokenBucketLink as it is, for comparison")
+    p.add_argument("--link", default="auto", choices=LINKS)
     p.add_argument("--fault-s", type=float, default=5.0, help="how long 503, 500 and the hang last")
     p.add_argument("--outage-s", type=float, default=10.0)
     p.add_argument("--dead-s", type=float, default=5.0, help="killed this long before the restart")

@@ -180,8 +180,16 @@ class Batcher(Generic[T, R]):
             return len(self._core)
 
     def announce(self) -> None:
-        """A request for this batcher is on its way (decoding); pair with submit or withdraw."""
+        """A request for this batcher is on its way (decoding); pair with submit or withdraw.
+
+        Admission happens here, before the decode: refusing an overload must cost less than
+        serving it. QueueFull when waiting plus decoding requests fill `max_queue`."""
         with self._cond:
+            if self._closed:
+                raise BatcherClosed("the batcher is shut down; retry on another worker")
+            if len(self._core) + self._coming >= self._core.policy.max_queue:
+                raise QueueFull(f"queue full: {self._core.policy.max_queue} requests already "
+                                "waiting or decoding")
             self._coming += 1
 
     def withdraw(self) -> None:

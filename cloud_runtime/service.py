@@ -124,7 +124,12 @@ class InferenceService:
             why = self._error or "tails are still loading"
             raise NotReady(f"worker not ready: {why}; retry shortly or check GET /readyz", retry)
         batcher = self._batcher(tail)
-        batcher.announce()
+        try:
+            batcher.announce()
+        except QueueFull as e:
+            raise Overloaded(f"overloaded: {e} for {tail.key}; retry after {retry} s", retry) from None
+        except BatcherClosed as e:
+            raise NotReady(str(e), retry) from None
         t0 = time.perf_counter()
         try:
             x = decode()

@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from edge_runtime.uplink import CloudError
 from scheduler.traces import Trace, transfer
 
 MIN_RATE_KBIT = 8  # tbf cannot be rate 0; an outage is a link this slow
@@ -33,6 +34,7 @@ class TokenBucketLink:
         self.trace, self.rtt_s, self.clock = trace, rtt_ms / 1e3, clock
         self._lock = threading.Lock()
         self._next_index = 0
+        self.timeouts = 0  # uploads given up because the link could not carry them in time
         self.t0 = clock()
 
     def start(self) -> None:
@@ -48,11 +50,19 @@ class TokenBucketLink:
         t = self.elapsed_s() if t_s is None else t_s
         return float(self.trace.rates_mbps(1.0, duration_s=t + 1.0)[int(t)])
 
-    def before_send(self, nbytes: int) -> None:
+    def before_send(self, nbytes: int, timeout_s: float | None = None) -> None:
+        """Hold the upload until the trace has carried it; like a socket, give up after
+        `timeout_s` (CloudError "timeout") when the link cannot carry it in time."""
         with self._lock:
             now = self.elapsed_s()
             tr = transfer(self.trace, now, nbytes, self.rtt_s, min_index=self._next_index)
-            self._next_index = tr.next_index
+            if timeout_s is None or tr.acked_s - now <= timeout_s:
+                self._next_index = tr.next_index
+        if timeout_s is not None and tr.acked_s - now > timeout_s:
+            self.timeouts += 1
+            time.sleep(max(0.0, timeout_s))
+            raise CloudError("timeout", f"the emulated link could not carry {nbytes} bytes within "
+                                        f"{timeout_s:.2f} s")
         delay = tr.acked_s - self.elapsed_s()  # the answer comes back half an RTT later
         if delay > 0:
             time.sleep(delay)
@@ -113,8 +123,9 @@ class NetnsLink:
         bins = self.trace.rates_mbps(self.update_s, duration_s=t + self.update_s)
         return float(bins[min(int(t / self.update_s), len(bins) - 1)])
 
-    def before_send(self, nbytes: int) -> None:
-        time.sleep(self.rtt_s)
+    def before_send(self, nbytes: int, timeout_s: float | None = None) -> None:
+        """The RTT (this kernel has no netem); the bytes themselves meet the real qdisc."""
+        time.sleep(self.rtt_s if timeout_s is None else min(self.rtt_s, timeout_s))
 
     def wrap(self, argv: list[str]) -> list[str]:
         """Run a command inside the cloud's namespace."""

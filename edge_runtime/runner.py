@@ -96,7 +96,7 @@ class EdgeRuntime:
     """Owns the heads, the HTTP client and the scheduler for one bundle and one cloud."""
 
     def __init__(self, bundle: str | Path, cloud_url: str | None, config: EdgeConfig = EdgeConfig(),
-                 *, before_send: Callable[[int], None] | None = None,
+                 *, before_send: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         from edge_runtime.policy import build_scheduler  # pure Python + numpy: fine on a board
 
@@ -232,7 +232,15 @@ class EdgeRuntime:
             self._maybe_ping()
             now = self.clock()
             with self._sched_lock:
+                cloud_down = not self.scheduler.cloud_ok
+                if cloud_down and kind != "probe":
+                    self.scheduler.observe_abandoned()
                 timeout = self._timeout_s(len(payload), start)
+            if cloud_down and kind != "probe":
+                # Queued before the cloud failed: each would wait out its own timeout to learn
+                # what the scheduler already knows. Probes still go; they find the way back.
+                self._finish_on_device(frame, decision, start, 0, "cloud down while queued")
+                continue
             try:
                 answer = self._send(kind, payload, timeout)
             except CloudError as e:

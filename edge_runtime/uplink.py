@@ -60,9 +60,10 @@ class CloudClient:
         token: str | None = None,
         model: str | None = None,
         model_sha256: str | None = None,
-        before_send: Callable[[int], None] | None = None,
+        before_send: Callable[[int, float], None] | None = None,
     ) -> None:
-        """`before_send(nbytes)` runs before each upload: the in-process link emulator's hook."""
+        """`before_send(nbytes, timeout_s)` runs before each upload: an emulated link's hook. It
+        may sleep (its time counts against the request's timeout) or raise CloudError."""
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Expected an http(s):// URL for the cloud. Received: {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -94,8 +95,7 @@ class CloudClient:
     def ping(self, timeout_s: float = 1.0) -> float:
         """Round-trip time of the cheapest request, in ms (raises CloudError)."""
         t0 = time.perf_counter()
-        if self.before_send is not None:
-            self.before_send(0)
+        timeout_s = self._emulated_link(0, timeout_s, t0)
         try:
             r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s)
         except requests.Timeout as e:
@@ -109,6 +109,16 @@ class CloudClient:
     def close(self) -> None:
         self._session.close()
 
+    def _emulated_link(self, nbytes: int, timeout_s: float, t0: float) -> float:
+        """Run the link hook; what it leaves of `timeout_s` is the request's timeout."""
+        if self.before_send is None:
+            return timeout_s
+        self.before_send(nbytes, timeout_s)
+        left = timeout_s - (time.perf_counter() - t0)
+        if left <= 0:
+            raise CloudError("timeout", f"the link took the whole {timeout_s:.2f} s")
+        return left
+
     def __enter__(self) -> "CloudClient":
         return self
 
@@ -119,8 +129,7 @@ class CloudClient:
               parse: bool = True) -> CloudAnswer:
         headers = {**self._headers, "Content-Type": content_type}
         t0 = time.perf_counter()
-        if self.before_send is not None:  # an emulated link's delay is part of the upload
-            self.before_send(len(body))
+        timeout_s = self._emulated_link(len(body), timeout_s, t0)
         try:
             # (connect, read) timeouts: both bounded by what the latency SLO allows.
             r = self._session.post(f"{self.base_url}{path}", data=body, headers=headers,

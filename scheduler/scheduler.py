@@ -165,6 +165,11 @@ class Scheduler:
         delay = min(self.p.backoff_initial_s * 2 ** (self._failures - 1), self.p.backoff_max_s)
         self._retry_at = now_s + delay
 
+    def observe_abandoned(self) -> None:
+        """An offloaded frame was finished on the device without being sent (the cloud went
+        down while it waited): it is no longer in flight, and nothing was learnt."""
+        self._outstanding = max(0, self._outstanding - 1)
+
     def observe_success(self, now_s: float) -> None:
         """An upload or probe got its answer: the cloud is reachable."""
         if not self._cloud_ok:

@@ -252,6 +252,28 @@ def test_full_queue_raises_queue_full():
         b.close()
 
 
+def test_admission_counts_decoding_requests_so_refusals_come_before_the_decode():
+    gate = threading.Event()
+    b = Batcher(lambda xs: (gate.wait(5), xs)[1], BatchPolicy(1, 0.0, 2))
+    try:
+        first = b.submit("running")
+        time.sleep(0.05)  # running, so the queue is empty
+        b.submit("queued")
+        b.announce()  # one decoding: queue (1) + coming (1) fill max_queue=2
+        with pytest.raises(QueueFull, match="waiting or decoding"):
+            b.announce()
+        b.withdraw()  # the decode failed: room again
+        b.announce()
+        queued_late = b.submit("late", announced=True)
+        gate.set()
+        assert first.result(5).value == "running" and queued_late.result(5).value == "late"
+    finally:
+        gate.set()
+        b.close()
+    with pytest.raises(BatcherClosed):
+        b.announce()
+
+
 def test_run_times_out_and_the_cancelled_item_is_skipped():
     gate = threading.Event()
     seen = []

@@ -13,9 +13,10 @@ import time
 
 import pytest
 
-from benchmarks.faults import (FAULTS, LINK_MBPS, DeadlineTokenBucketLink, Scenario, run_scenario,
+from benchmarks.faults import (FAULTS, LINK_MBPS, Scenario, run_scenario,
                                slow_device_copy)
 from cloud_runtime import ServerConfig
+from demo.link import TokenBucketLink
 from scheduler.scheduler import SchedulerParams
 from scheduler.traces import outage
 from tests.servers import CloudProcess
@@ -33,7 +34,7 @@ def scenario(profiled_bundle, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("faults")
     bundle = slow_device_copy(profiled_bundle[0], root / "bundle")
     sc = SCENARIO
-    link = DeadlineTokenBucketLink(outage(LINK_MBPS, sc.warmup_s, sc.warmup_s + sc.outage_s, 900.0))
+    link = TokenBucketLink(outage(LINK_MBPS, sc.warmup_s, sc.warmup_s + sc.outage_s, 900.0))
     cloud = CloudProcess(bundle, root / "cloud.log", ["--fault-injection"])
     cloud.start()
     try:

@@ -379,6 +379,21 @@ def test_relief_runs_frames_locally_while_the_uplink_is_backlogged():
         relief[0].split = "x"                 # decisions are frozen
 
 
+def test_abandoned_frames_leave_the_pipeline_like_answered_ones():
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 30.0)
+    for _ in range(40):
+        s.decide(t)
+        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
+        t += 0.02
+    sent = [d for d in (s.decide(t + 1e-4 * k) for k in range(20)) if d.where is not Where.DEVICE]
+    assert sent and s.decide(t + 0.01).relief  # the pipeline is full
+    for _ in sent:
+        s.observe_abandoned()
+    assert not s.decide(t + 0.011).relief      # and empty again, with nothing learnt
+    assert s.cloud_ok
+
+
 def test_without_relief_every_frame_follows_the_choice():
     s = make_scheduler(relief=False)
     t = feed(s, 0.0, 1.0, 30.0)
