@@ -6,6 +6,7 @@ interrupted run never leaves a half-written bundle behind.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -276,7 +277,8 @@ def _select(candidates: list[Candidate], options: ConvertOptions, full_flops: in
     if options.max_splits is not None:
         if options.max_splits < 1:
             raise ValueError(f"Expected max_splits >= 1. Received: max_splits={options.max_splits}")
-        keep = G.spread_by_compute([c.head_flops for c in chosen], full_flops, options.max_splits)
+        keep = G.spread_by_compute([c.head_flops for c in chosen], full_flops, options.max_splits,
+                                   sizes=[math.prod(c.shape) for c in chosen])
         chosen = [chosen[i] for i in keep]
     return chosen
 

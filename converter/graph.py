@@ -7,6 +7,8 @@ layers (and so their weights).
 """
 from __future__ import annotations
 
+import math
+
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -89,18 +91,30 @@ def ancestors_of(
     )
 
 
-def spread_by_compute(cum_flops: Sequence[int], total: int, count: int) -> list[int]:
-    """Pick `count` positions whose cumulative compute is closest to evenly spaced targets.
+def spread_by_compute(cum_flops: Sequence[int], total: int, count: int,
+                      sizes: Sequence[int] | None = None) -> list[int]:
+    """Pick `count` positions spread evenly over the model's compute.
 
-    Position 0 (the input) is always kept: cloud-only is the first option a scheduler needs.
+    Position 0 (the input: cloud-only) is always kept. With `sizes` (elements of each candidate's
+    tensor), each slot of compute keeps its smallest tensor (fewest bytes to send for about the
+    same head cost), and the last slot runs to the end of the model, so the smallest late tensor
+    (the fewest bytes any split can send) is kept; without it, the position closest to each
+    slot's target. Ties go to the later split (post-activation tensors compress better).
     """
-    if count >= len(cum_flops):
-        return list(range(len(cum_flops)))
+    n = len(cum_flops)
+    if count >= n:
+        return list(range(n))
+    slot = total / count
     chosen = {0}
-    targets = [total * k / count for k in range(1, count)]
-    for target in targets:
-        best = min(range(len(cum_flops)), key=lambda i: (abs(cum_flops[i] - target), -i))
-        chosen.add(best)
+    for k in range(1, count):
+        target = slot * k
+        closest = min(range(n), key=lambda i: (abs(cum_flops[i] - target), -i))
+        if sizes is None:
+            chosen.add(closest)
+            continue
+        upper = math.inf if k == count - 1 else target + slot / 2  # the last slot runs to the end
+        window = [i for i in range(1, n) if target - slot / 2 <= cum_flops[i] <= upper] or [closest]
+        chosen.add(min(window, key=lambda i: (sizes[i], abs(cum_flops[i] - target), -i)))
     return sorted(chosen)
 
 

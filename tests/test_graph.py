@@ -70,3 +70,20 @@ def test_spread_by_compute_keeps_input_and_spreads():
     # ties go to the later split (post-activation tensors compress better)
     assert spread_by_compute(cum, 100, 4) == [0, 3, 5, 8]
     assert spread_by_compute(cum, 100, 50) == list(range(10))
+
+
+def test_spread_by_compute_prefers_small_tensors_within_each_slot_and_keeps_the_last_small_one():
+    cum = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    sizes = [9, 8, 1, 8, 8, 8, 2, 8, 8, 3, 8]
+    # slots of 25: targets 25, 50, 75 -> windows [12.5, 37.5], [37.5, 62.5], [62.5, end]
+    assert spread_by_compute(cum, 100, 4, sizes=sizes) == [0, 2, 6, 9]
+    # slots of 20: the window [30, 50] is all size 8, so the one closest to 40 wins
+    assert spread_by_compute(cum, 100, 5, sizes=sizes) == [0, 2, 4, 6, 9]
+
+
+def test_spread_by_compute_with_sizes_never_returns_more_than_count():
+    cum = list(range(0, 100, 3))
+    sizes = [100 - c for c in cum]
+    for count in range(1, 12):
+        got = spread_by_compute(cum, 99, count, sizes=sizes)
+        assert got[0] == 0 and len(got) <= count and got == sorted(set(got))
