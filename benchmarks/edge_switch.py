@@ -320,13 +320,14 @@ def device_stage_ms(rt, config: dict, frames: np.ndarray, repeats: int) -> float
     from edge_runtime import packing
 
     split = rt.manifest.split(config["split"])
-    ranges = rt.calibration.get(split.name) if config.get("params") == "calibrated" else None
+    variant = packing.variant_kwargs(config.get("params", "frame"), config["bits"],
+                                     rt.calibration.get(split.name))
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()
         act = rt.pool.run(split.name, frames[i % len(frames)])
         packing.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256, split=split.name,
-                     split_index=split.index, ranges=ranges)
+                     split_index=split.index, **variant)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[2:]) * 1e3 * max(rt.device_factor, 1.0))
 

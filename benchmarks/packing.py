@@ -173,11 +173,11 @@ def time_pack(acts: list[np.ndarray], pack_one, repeats: int) -> dict:
 
 
 def entropy_check(acts: list[np.ndarray], payloads: list[bytes], bits: int,
-                  ranges: packing.ChannelRanges | None) -> dict | None:
+                  variant: dict) -> dict | None:
     """Packed body bytes / order-0 entropy bytes of the same symbols (None for float payloads)."""
     if bits not in packing.QUANTIZED_BITS:
         return None
-    ideal = [entropy_bytes(packing.quantize(a, bits, ranges=ranges).symbols) for a in acts]
+    ideal = [entropy_bytes(packing.quantize(a, bits, **variant).symbols) for a in acts]
     body = [packing.read_header(p).body_length for p in payloads]
     bps = [8 * e / a.size for e, a in zip(ideal, acts)]
     return {
@@ -196,6 +196,7 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
     bits = config["bits"]
     calibrated = config.get("params") == "calibrated"
     ranges = split_ranges(bundle, split.name) if calibrated else None
+    variant = packing.variant_kwargs(config.get("params", "frame"), bits, ranges)
     # The head runs as the device profile timed it (all its threads); only pack() is pinned.
     threads = (device or {}).get("num_threads") or default_num_threads()
     acts, head_now = head_activations(bundle, manifest, split.name, frames, threads,
@@ -203,7 +204,7 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
 
     def pack_one(a: np.ndarray) -> bytes:  # exactly what the edge runtime sends
         return packing.pack(a, bits, model_sha256=manifest.model.sha256, split=split.name,
-                            split_index=split.index, ranges=ranges)
+                            split_index=split.index, **variant)
 
     timing = time_pack(acts, pack_one, repeats)
     payloads = timing.pop("payloads")
@@ -215,7 +216,7 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
         "head_threads": threads,
         "pack_share_of_head": common.ratio(timing["pack_ms_mean"], head_profile),
         "pack_share_of_head_this_run": common.ratio(timing["pack_ms_mean"], head_now),
-        "entropy": entropy_check(acts, payloads, bits, ranges),
+        "entropy": entropy_check(acts, payloads, bits, variant),
     }
 
 

@@ -1,9 +1,9 @@
 """python -m converter.profile BUNDLE: accuracy and bytes of every (split, bits), measured.
 
 For each split the real TFLite head runs on every evaluation image, the activation is packed with
-the real codec (once with ranges measured on that frame, once with ranges calibrated offline), the
-payload is unpacked, and the real Keras tail classifies it. Nothing is estimated: accuracy, bytes
-and codec time are what this run saw. Writes `profile.json`, `calibration.json` and
+the real codec (ranges measured on that frame, the same clipped around the mean at 2-3 bits, and
+ranges calibrated offline), the payload is unpacked, and the real Keras tail classifies it.
+Nothing is estimated: accuracy, bytes and codec time are what this run saw. Writes `profile.json`, `calibration.json` and
 `pareto.png` into the bundle (see docs/FORMATS.md).
 """
 from __future__ import annotations
@@ -27,8 +27,8 @@ from edge_runtime.manifest import BundleError, Manifest, load_manifest, write_js
 PROFILE_VERSION = 1
 ALL_BITS = (2, 3, 4, 5, 6, 8, 16, 32)
 QUANTIZED_BITS = (2, 3, 4, 5, 6, 8)
-# A calibrated variant replaces the per-frame one only if it costs at most this much accuracy.
-CALIBRATED_TOLERANCE_PP = 0.25
+# A variant with fewer bytes replaces the most accurate one only if it costs at most this much.
+VARIANT_TOLERANCE_PP = 0.25
 
 
 @dataclass(frozen=True)
@@ -154,30 +154,30 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
 
 
 def choose_variants(rows: Sequence[dict]) -> list[dict]:
-    """One config per (split, bits): calibrated ranges when they cost (almost) no accuracy.
+    """One config per (split, bits): the fewest bytes among the variants that cost (almost) no
+    more accuracy than the best one.
 
-    Calibrated payloads carry no per-channel parameters, so they are smaller; they clip rare
-    outliers, so they can cost accuracy. The per-frame variant stays when the difference is more
-    than CALIBRATED_TOLERANCE_PP or when calibration does not save bytes.
+    Calibrated payloads carry no per-channel parameters, so they are smaller, but they clip rare
+    outliers; clipped ranges spend the few levels of 2-3 bits on the bulk of the values, so they
+    are more accurate there, but cost bytes. A variant within VARIANT_TOLERANCE_PP of the best
+    drop at this (split, bits) competes on bytes; ties go to per-frame ranges.
     """
-    by_bits: dict[int, dict[str, dict]] = {}
+    order = {v: i for i, v in enumerate(packing.PROFILE_VARIANTS)}
+    by_bits: dict[int, list[dict]] = {}
     for r in rows:
-        by_bits.setdefault(r["bits"], {})[r["params"]] = r
+        by_bits.setdefault(r["bits"], []).append(r)
     chosen = []
     for bits in sorted(by_bits):
         options = by_bits[bits]
-        frame, cal = options.get("frame"), options.get("calibrated")
-        pick = frame or cal
-        if frame and cal and cal["bytes_mean"] < frame["bytes_mean"]:
-            cost = _drop_for_choice(cal) - _drop_for_choice(frame)
-            if cost <= CALIBRATED_TOLERANCE_PP:
-                pick = cal
-        chosen.append(dict(pick))
+        best = min(_drop_for_choice(r) for r in options)
+        close = [r for r in options if _drop_for_choice(r) <= best + VARIANT_TOLERANCE_PP]
+        chosen.append(dict(min(close, key=lambda r: (r["bytes_mean"], order.get(r["params"], 9)))))
     return chosen
 
 
 def _measure_split(manifest, split, interp, tail, ranges, dataset, options) -> dict:
     variants = [(b, "frame") for b in options.bits]
+    variants += [(b, "clipped") for b in options.bits if b in packing.CLIP_SIGMAS]
     variants += [(b, "calibrated") for b in options.bits if b in QUANTIZED_BITS]
     out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": []} for v in variants}
     n = len(dataset.images)
@@ -192,7 +192,7 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options) -> d
                 t0 = time.perf_counter()
                 payload = packing.pack(
                     a, bits, model_sha256=manifest.model.sha256, split=split.name,
-                    split_index=split.index, ranges=ranges if params == "calibrated" else None,
+                    split_index=split.index, **packing.variant_kwargs(params, bits, ranges),
                 )
                 t1 = time.perf_counter()
                 decoded[i] = packing.unpack(payload, ranges=ranges if params == "calibrated" else None)

@@ -214,10 +214,10 @@ class EdgeRuntime:
         act, head_ms = self._device_run(self.pool, d.split, frame.image)
         t0 = self.clock()
         split = self.manifest.split(d.split)
-        calibrated = self._params.get((d.split, d.bits)) == "calibrated" and d.split in self.calibration
+        variant = packing.variant_kwargs(self._params.get((d.split, d.bits), "frame"), d.bits,
+                                         self.calibration.get(d.split))
         payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256, split=split.name,
-                               split_index=split.index,
-                               ranges=self.calibration.get(d.split) if calibrated else None)
+                               split_index=split.index, **variant)
         pack_ms = self._pad((self.clock() - t0) * 1e3)
         with self._sched_lock:
             self.scheduler.observe_device(d.split, head_ms + pack_ms)
@@ -380,11 +380,17 @@ def _read_optional_json(path: Path) -> dict | None:
 
 
 def _packing_params(bundle: Path, profile: dict | None) -> dict[tuple[str, int], str]:
-    """(split, bits) -> how the profiler packed it ("frame" or "calibrated" ranges)."""
+    """(split, bits) -> how the profiler packed it (a `packing.PROFILE_VARIANTS` name)."""
     try:
-        return {(c["split"], int(c["bits"])): c.get("params", "frame")
-                for c in (profile or {}).get("configs", [])}
+        out = {(c["split"], int(c["bits"])): c.get("params", "frame")
+               for c in (profile or {}).get("configs", [])}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{bundle / 'profile.json'}: every entry of 'configs' needs a 'split' "
                           f"and integer 'bits' ({type(e).__name__}: {e}); rerun python -m "
                           "converter.profile") from None
+    unknown = sorted({v for v in out.values() if v not in packing.PROFILE_VARIANTS})
+    if unknown:
+        raise BundleError(f"{bundle / 'profile.json'}: params {unknown} unknown to this edge "
+                          f"(it knows {list(packing.PROFILE_VARIANTS)}); rerun python -m "
+                          "converter.profile or update the edge")
+    return out

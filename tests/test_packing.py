@@ -536,3 +536,48 @@ def test_unpack_rejects_non_bytes():
     with pytest.raises(TypeError):
         packing.unpack("not bytes")
     assert packing.unpack(memoryview(packing.pack(np.ones(2, np.float32), 32))).tolist() == [1.0, 1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 3000), channels=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
+def test_fast_channel_min_max_equals_numpy(rows, channels, seed):
+    from edge_runtime.packing import _channel_min_max
+
+    flat = np.random.default_rng(seed).normal(size=(rows, channels)).astype(np.float32)
+    lo, hi = _channel_min_max(flat)
+    assert np.array_equal(lo, flat.min(axis=0)) and np.array_equal(hi, flat.max(axis=0))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.integers(2, 400), channels=st.integers(1, 40), sigmas=st.floats(0.5, 6.0),
+       bits=st.sampled_from([2, 3, 4]), seed=st.integers(0, 2**32 - 1))
+def test_clipped_ranges_stay_inside_min_max_and_values_inside_them_round_trip(rows, channels,
+                                                                            sigmas, bits, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_t(3, size=(rows, channels)) * rng.uniform(0.01, 100, channels)
+         + rng.uniform(-50, 50, channels)).astype(np.float32)
+    lo, hi = packing.clip_range(x, x.min(0).astype(np.float64), x.max(0).astype(np.float64), sigmas)
+    assert np.all(lo >= x.min(0) - 1e-6) and np.all(hi <= x.max(0) + 1e-6) and np.all(hi >= lo)
+    q = packing.quantize(x, bits, params="channel-f16", clip_sigmas=sigmas)
+    back = packing.unpack(packing.pack(x, bits, params="channel-f16", clip_sigmas=sigmas))
+    assert np.array_equal(back, q.dequantize())
+    inside = (x >= lo) & (x <= hi)
+    err = np.abs(back.astype(np.float64) - x)
+    bound = q.error_bound[None, :] * (1 + 1e-5) + 1e-6 * np.abs(x)
+    assert np.all(err[inside] <= np.broadcast_to(bound, x.shape)[inside])
+    top = q.lo.astype(np.float64) + ((1 << bits) - 1) * q.scale.astype(np.float64)
+    assert np.all(back >= q.lo - 1e-6) and np.all(back <= top + 1e-3 * np.abs(top) + 1e-6)
+
+
+def test_variant_kwargs_name_the_pack_arguments_of_each_profile_variant():
+    ranges = ChannelRanges(lo=np.zeros(3, np.float32), hi=np.ones(3, np.float32))
+    assert packing.variant_kwargs("frame", 2, ranges) == {}
+    assert packing.variant_kwargs("clipped", 2, ranges) == {"clip_sigmas": packing.CLIP_SIGMAS[2]}
+    assert packing.variant_kwargs("clipped", 8, ranges) == {}  # no clip defined: per-frame
+    assert packing.variant_kwargs("calibrated", 4, ranges) == {"ranges": ranges}
+    assert packing.variant_kwargs("calibrated", 4, None) == {}
+    assert packing.variant_kwargs("calibrated", 16, ranges) == {}
+    with pytest.raises(PackingError, match="clipped"):
+        packing.variant_kwargs("clip", 2, ranges)
+    with pytest.raises(PackingError, match="clip_sigmas"):
+        packing.pack(np.ones((4, 3), np.float32), 2, clip_sigmas=0.0)

@@ -25,6 +25,18 @@ def test_choose_variants_prefers_calibrated_only_when_it_is_free():
     assert chosen == {2: "frame", 4: "calibrated"}
 
 
+def test_choose_variants_takes_clipped_ranges_when_they_save_accuracy():
+    rows = [
+        {"bits": 2, "params": "frame", "bytes_mean": 300, "drop_pp": 4.0, "agreement": 0.8},
+        {"bits": 2, "params": "clipped", "bytes_mean": 400, "drop_pp": 0.5, "agreement": 0.95},
+        {"bits": 2, "params": "calibrated", "bytes_mean": 200, "drop_pp": 9.0, "agreement": 0.7},
+        {"bits": 3, "params": "frame", "bytes_mean": 500, "drop_pp": 0.3, "agreement": 0.97},
+        {"bits": 3, "params": "clipped", "bytes_mean": 560, "drop_pp": 0.2, "agreement": 0.97},
+    ]
+    chosen = {r["bits"]: r["params"] for r in choose_variants(rows)}
+    assert chosen == {2: "clipped", 3: "frame"}  # at 3 bits 0.1 pp is not worth 60 bytes
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("images"), 24)
