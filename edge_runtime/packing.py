@@ -955,7 +955,7 @@ def _q8_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> _Params:
     lmin = min(float(lo.min()), 0.0) if c else 0.0
     lmax = max(float(lo.max()), 0.0) if c else 0.0
     if lmax > lmin:
-        g = float(_round_up(np.array([(lmax - lmin) / Q8_LO_STEPS]), np.float32)[0])
+        g = _f32_up((lmax - lmin) / Q8_LO_STEPS)
         z = int(min(math.ceil(-lmin / g), 255))
         k = np.clip(np.floor(lo / g) + z, 0, 255).astype(np.uint8)
     else:
@@ -966,7 +966,7 @@ def _q8_params(lo: np.ndarray, hi: np.ndarray, levels: int) -> _Params:
         k = k - over.astype(np.uint8)
         lo_dec = _q8_lo(np.float32(g), z, k)
     need = np.maximum(hi - lo_dec.astype(np.float64), 0.0) / levels
-    s_max = float(_round_up(np.array([need.max() if c else 0.0]), np.float32)[0])
+    s_max = _f32_up(float(need.max()) if c else 0.0)
     codes = np.full(c, Q8_ZERO_SCALE_CODE, dtype=np.uint8)
     if s_max > 0:
         live = need > 0
@@ -998,6 +998,16 @@ def _round_up(values: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
     low = out.astype(np.float64) < values
     out[low] = np.nextafter(out[low], dtype(np.inf))
     return out
+
+
+def _f32_up(value: float) -> float:
+    """`_round_up` of one Python float to float32, without the array round trip (it is called
+    for per-tensor constants of every payload)."""
+    with np.errstate(over="ignore"):
+        f = np.float32(value)
+    if float(f) < value:
+        f = np.nextafter(f, np.float32(np.inf))
+    return float(f)
 
 
 def _round_down(values: np.ndarray, dtype: type[np.floating]) -> np.ndarray:
