@@ -15,13 +15,9 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,59 +25,13 @@ import requests
 
 from edge_runtime.manifest import BundleError, load_manifest
 from edge_runtime.packing import pack
+from tests.servers import CloudProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = "build/fashion"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "cloud_load.json"
 READY_TIMEOUT_S = 240
 PAYLOADS = 8
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(bundle: Path, log: Path, *args: str) -> tuple[Server, float]:
-    """Start the server and wait for /readyz; returns it and the seconds to ready."""
-    port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("SPLITINFER_TOKEN", None)
-    cmd = [sys.executable, "-m", "cloud_runtime", "--bundle", str(bundle), "--host", "127.0.0.1",
-           "--port", str(port), *args]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    s = requests.Session()
-    while time.monotonic() - t0 < READY_TIMEOUT_S:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited ({proc.returncode}); log: {log}")
-        try:
-            if s.get(server.url + "/readyz", timeout=2).status_code == 200:
-                return server, time.monotonic() - t0
-        except (requests.ConnectionError, requests.Timeout):
-            pass
-        time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server not ready after {READY_TIMEOUT_S} s; log: {log}")
-
-
-def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(10)
 
 
 def make_payloads(bundle: Path, split_name: str, bits: int) -> list[bytes]:
@@ -156,7 +106,8 @@ def startup(bundle: Path, payload: bytes, logs: Path) -> dict:
     """Lazy vs eager: time to ready, per-tail load times, first and second request latency."""
     out = {}
     for mode in ("lazy", "eager"):
-        server, ready_s = start_server(bundle, logs / f"startup-{mode}.log", "--load", mode)
+        server = CloudProcess(bundle, logs / f"startup-{mode}.log", ["--load", mode])
+        ready_s = server.start(READY_TIMEOUT_S)
         try:
             s = requests.Session()
             lat = []
@@ -167,7 +118,7 @@ def startup(bundle: Path, payload: bytes, logs: Path) -> dict:
                 r.raise_for_status()
             status = s.get(server.url + "/readyz").json()
         finally:
-            stop_server(server)
+            server.stop()
         loads = status["loads"]
         out[mode] = {
             "ready_s": round(ready_s, 2), "backend_start_ms": status["backend_start_ms"],
@@ -224,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     # Both servers stay up and the runs alternate (on, off at each client count), so drift in
     # what else the machine is doing hits both modes alike; an idle server costs nothing.
     runs: dict[str, list[dict]] = {mode: [] for mode in modes}
-    servers: dict[str, Server] = {}
+    servers: dict[str, CloudProcess] = {}
     try:
         for mode, flags in modes.items():
-            servers[mode], _ = start_server(bundle, logs / f"{mode}.log", "--threads",
-                                            str(args.threads), *flags)
+            servers[mode] = CloudProcess(bundle, logs / f"{mode}.log", ["--threads", str(args.threads), *flags])
+            servers[mode].start(READY_TIMEOUT_S)
         for server in servers.values():
             drive(server.url, payloads, max(clients), min(2.0, args.seconds))  # warm every bucket
         report["device"] = requests.get(servers["batching_on"].url + "/readyz").json()["device"]
@@ -237,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs[mode].append(drive(server.url, payloads, c, args.seconds))
     finally:
         for server in servers.values():
-            stop_server(server)
+            server.stop()
     report["runs"] = runs
     report["rps_ratio_on_over_off"] = {
         str(on["clients"]): round(on["rps"] / off["rps"], 2) if off["rps"] else None

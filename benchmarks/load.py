@@ -17,7 +17,6 @@ the same phases for a few seconds each and asserts on them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from converter.quiet import import_tensorflow
+import converter.quiet  # noqa: F401  (sets TensorFlow's log levels before anything imports it)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,6 @@
 """The offline profiler on a real bundle: every (split, bits) measured, files written."""
 import json
 
-import numpy as np
 import pytest
 
 from converter.pareto import pareto_front
