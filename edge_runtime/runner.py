@@ -119,7 +119,7 @@ class EdgeRuntime:
         # A second interpreter of the full model for finishing frames from the sender threads.
         self.fallback_pool = HeadPool(self.bundle, self.manifest, [], num_threads=config.num_threads)
         self.client = None
-        if cloud_url is not None:
+        if cloud_url is not None and config.policy != "device":  # device-only never probes
             self.client = CloudClient(cloud_url, token=config.token, model=self.manifest.model.name,
                                       model_sha256=self.manifest.model.sha256, before_send=before_send)
         self._device_lock = threading.Lock()

@@ -61,6 +61,15 @@ def test_device_policy_answers_every_frame_locally(profiled_bundle):
     assert all(r.where == "device" and not r.fallback for r in results)
 
 
+def test_device_policy_ignores_a_dead_cloud_url(profiled_bundle):
+    """Device-only never probes, so a cloud that is down is not a fallback."""
+    bundle, _ = profiled_bundle
+    with EdgeRuntime(bundle, "http://127.0.0.1:9", EdgeConfig(policy="device", camera_fps=50)) as rt:
+        results = rt.run(frames(60))
+        assert rt.client is None and not rt.events
+    assert all(r.where == "device" and not r.fallback and "fallback" not in r.reason for r in results)
+
+
 def test_fixed_split_goes_through_the_cloud_and_agrees_with_the_device(profiled_bundle, cloud):
     bundle, _ = profiled_bundle
     fs = frames(30, seed=2)
