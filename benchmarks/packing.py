@@ -9,9 +9,10 @@ accuracy drop is within --max-drop-pp this reports:
 * the "up to" compression: the largest float32 bytes / packed bytes (mean, header included);
 * the configuration with the fewest packed bytes (what a bytes-minimising scheduler sends), as a
   ratio against the float32 activation at its split and against the JPEG q90 input;
-* pack cost of that configuration, measured now: the real head runs on real frames, pack() of
-  those activations is timed on one core (best of several), as MB/s of float32 input and as a
-  share of the split's head latency (device-this-machine.json; also the head timed in this run);
+* pack cost of that configuration, measured now: the real head runs on real frames (all its
+  threads), pack() of those activations is timed on one core, both as the best of several runs,
+  as MB/s of float32 input and as a share of the head latency timed in this run (the goal; the
+  device profile's head time is shown too);
 * packed body bytes against the order-0 entropy of the same quantized symbols;
 * a per-split table (fewest bytes within the budget at each split).
 
@@ -131,14 +132,15 @@ def mbps(nbytes: float, seconds: float) -> float:
 
 def head_activations(bundle: Path, manifest: Manifest, split: str, frames: np.ndarray,
                      threads: int, repeats: int) -> tuple[list[np.ndarray], float]:
-    """The real head's outputs for `frames`, and its median latency now (ms, like the profiler)."""
+    """The real head's outputs for `frames`, and its latency now (ms; mean over the frames of the
+    best of `repeats`, like `time_pack`)."""
     from edge_runtime.heads import HeadPool
-    from edge_runtime.profile import measure
 
     with HeadPool(bundle, manifest, [split], num_threads=threads, include_full=False) as pool:
-        acts = [pool.run(split, f) for f in frames]
-        head_ms = measure(pool, split, frames[0], repeats)
-    return acts, head_ms
+        acts = [pool.run(split, f) for f in frames]  # also the warm-up
+        # Best of `repeats`, as pack() is timed: the same statistic on both sides of the ratio.
+        head_s = [common.best_of(lambda f=f: pool.run(split, f), repeats)[1] for f in frames]
+    return acts, float(np.mean(head_s) * 1e3)
 
 
 def split_ranges(bundle: Path, split: str) -> packing.ChannelRanges:
@@ -261,8 +263,8 @@ def goals(up: dict | None, few: dict | None, real: dict | None) -> list[dict]:
                     GOAL_FEWEST_VS_FLOAT32, "x"),
         common.goal("fewest-bytes config vs JPEG q90", few and few["vs_jpeg"], ">=",
                     GOAL_FEWEST_VS_JPEG, "x"),
-        common.goal("pack time / head latency", _percent(real and real["pack_share_of_head"]),
-                    "<=", 100 * GOAL_PACK_SHARE, "%"),
+        common.goal("pack time / head latency (same run)",
+                    _percent(real and real["pack_share_of_head_this_run"]), "<=", 100 * GOAL_PACK_SHARE, "%"),
     ]
 
 
