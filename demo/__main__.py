@@ -82,12 +82,34 @@ def main(argv=None) -> int:
 
 # ---------------------------------------------------------------- steps
 
+SOURCE_STAMP = ".demo-source"  # in the bundle: what it was converted from (rebuilt when it changes)
+
+
+def source_fingerprint(source: str) -> str:
+    """The source and a hash of its weights: a model that changed needs a new bundle."""
+    import hashlib
+
+    if source == "zoo:fashion":
+        meta = json.loads((REPO / "models" / "fashion.json").read_text())
+        return f"{source} weights {meta['weights_sha256']}"
+    path = Path(source)
+    if path.is_file():
+        return f"{source} file {hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return source
+
+
 def ensure_bundle(args, profile_limit: int) -> None:
     py = sys.executable
     b = args.bundle
-    if not (b / "manifest.json").exists():
+    stamp = b / SOURCE_STAMP
+    want = source_fingerprint(args.source)
+    have = stamp.read_text().strip() if stamp.is_file() else None
+    if not (b / "manifest.json").exists() or have != want:
+        if (b / "manifest.json").exists():
+            print(f"demo: {b} is not from {want} ({have or 'unknown source'}); converting again")
         print(f"demo: converting {args.source} -> {b}")
         _step([py, "-m", "converter", args.source, "--out", str(b), "--max-splits", str(args.max_splits)])
+        stamp.write_text(want + "\n")
     if not (b / "profile.json").exists():
         print(f"demo: profiling {b} on {profile_limit} images")
         cmd = [py, "-m", "converter.profile", str(b), "--limit", str(profile_limit)]

@@ -16,6 +16,12 @@ def test_demo_end_to_end(tiny_model_path, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in ("manifest.json", "profile.json", "calibration.json", "device-this-machine.json"):
         assert (bundle / name).is_file(), name
+    # the bundle remembers its source, so a changed model file gets a new bundle next time
+    from demo.__main__ import SOURCE_STAMP, source_fingerprint
+
+    assert (bundle / SOURCE_STAMP).read_text().strip() == source_fingerprint(str(tiny_model_path))
+    assert source_fingerprint(str(tiny_model_path)).endswith(
+        __import__("hashlib").sha256(tiny_model_path.read_bytes()).hexdigest())
     report = json.loads((out / "summary.json").read_text())
     assert set(report["policies"]) == {"dyno", "device", "cloud"}
     for row in report["policies"].values():
