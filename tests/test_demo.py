@@ -1,4 +1,5 @@
 """End to end, as `make demo` runs it, on the tiny model: convert, profile, cloud, edge, scheduler."""
+import hashlib
 import json
 
 import pytest
@@ -21,7 +22,7 @@ def test_demo_end_to_end(tiny_model_path, tmp_path):
 
     assert (bundle / SOURCE_STAMP).read_text().strip() == source_fingerprint(str(tiny_model_path))
     assert source_fingerprint(str(tiny_model_path)).endswith(
-        __import__("hashlib").sha256(tiny_model_path.read_bytes()).hexdigest())
+        hashlib.sha256(tiny_model_path.read_bytes()).hexdigest())
     report = json.loads((out / "summary.json").read_text())
     assert set(report["policies"]) == {"dyno", "device", "cloud"}
     for row in report["policies"].values():
