@@ -48,8 +48,7 @@ def make_payloads(bundle: Path, split_name: str, bits: int) -> list[bytes]:
 
         interp, _ = load_interpreter(bundle / split.head, num_threads=1)
         acts = [run_once(interp, im[None])[0] for im in images]
-    return [pack(a, bits, model_sha256=manifest.model.sha256, split=split.name,
-                 split_index=split.index) for a in acts]
+    return [pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index) for a in acts]
 
 
 def drive(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict:

@@ -326,7 +326,7 @@ def device_stage_ms(rt, config: dict, frames: np.ndarray, repeats: int) -> float
     for i in range(repeats + 2):
         t0 = time.perf_counter()
         act = rt.pool.run(split.name, frames[i % len(frames)])
-        packing.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256, split=split.name,
+        packing.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256,
                      split_index=split.index, **variant)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[2:]) * 1e3 * max(rt.device_factor, 1.0))

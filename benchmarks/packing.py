@@ -205,8 +205,8 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
                                       max(repeats, 5))
 
     def pack_one(a: np.ndarray) -> bytes:  # exactly what the edge runtime sends
-        return packing.pack(a, bits, model_sha256=manifest.model.sha256, split=split.name,
-                            split_index=split.index, **variant)
+        return packing.pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
+                            **variant)
 
     timing = time_pack(acts, pack_one, repeats)
     payloads = timing.pop("payloads")

@@ -191,8 +191,8 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options) -> d
             for i, a in enumerate(acts):
                 t0 = time.perf_counter()
                 payload = packing.pack(
-                    a, bits, model_sha256=manifest.model.sha256, split=split.name,
-                    split_index=split.index, **packing.variant_kwargs(params, bits, ranges),
+                    a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
+                    **packing.variant_kwargs(params, bits, ranges),
                 )
                 t1 = time.perf_counter()
                 decoded[i] = packing.unpack(payload, ranges=ranges if params == "calibrated" else None)

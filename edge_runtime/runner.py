@@ -216,7 +216,9 @@ class EdgeRuntime:
         split = self.manifest.split(d.split)
         variant = packing.variant_kwargs(self._params.get((d.split, d.bits), "frame"), d.bits,
                                          self.calibration.get(d.split))
-        payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256, split=split.name,
+        # The split by index only: with the model hash it is unambiguous, and a long layer name
+        # would be a tenth of a late split's payload.
+        payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256,
                                split_index=split.index, **variant)
         pack_ms = self._pad((self.clock() - t0) * 1e3)
         with self._sched_lock:
