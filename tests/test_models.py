@@ -256,10 +256,11 @@ def test_shipped_files_and_metadata():
     assert meta["labels"] == list(fashion_mnist.CLASS_NAMES)
     assert meta["input_shape"] == [160, 160, 3]
     assert meta["test_n"] == 10000
-    # Regression floor, not the 0.85 product target (see meta["target_met"]): the shipped model
-    # scored 0.815 on the 10k test scenes; anything retrained below 0.80 is a regression.
-    assert meta["test_top1"] >= 0.80 and meta["test_subset_top1"] >= 0.80
-    assert meta["target_met"] == (meta["test_top1"] >= meta["target_top1"])
+    # The product target: at least 85 % top-1 on the full composited test set (measured by the
+    # training script on all 10,000 scenes; the fixed subset is re-checked in the next test).
+    assert meta["target_top1"] == 0.85
+    assert meta["test_top1"] >= 0.85 and meta["test_subset_top1"] >= 0.85
+    assert meta["target_met"] is True
     for key in ("test_subset_top1", "training_time_s", "command", "seed", "preprocessing"):
         assert key in meta, key
     assert json.loads(fashion.METADATA_PATH.read_text()) == meta
