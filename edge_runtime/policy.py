@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from scheduler import devices
 from scheduler.bundle import load_bundle
 from scheduler.core import Objective, Slo, Where
+from scheduler.formats import FULL
 from scheduler.scheduler import Decision, Scheduler, SchedulerParams
 
 
@@ -45,6 +46,18 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()) -> t
         return inner, factor
     pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
     return PinnedScheduler(inner, pinned, config.policy), factor
+
+
+def board_head_ms(bundle: Path, factor: float) -> dict[str, float]:
+    """Per head (and "full"), the emulated board's time: the device profile's time on this
+    machine times the class factor. Empty without a device class (nothing is padded) or
+    without a measured device profile (runs are then padded by the factor, see the runner)."""
+    if factor <= 1.0:
+        return {}
+    b = load_bundle(bundle)
+    if b.device_estimated:
+        return {}
+    return {**{s: ms * factor for s, ms in b.device.heads_ms.items()}, FULL: b.device.full_ms * factor}
 
 
 class PinnedScheduler:

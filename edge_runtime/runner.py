@@ -98,7 +98,7 @@ class EdgeRuntime:
     def __init__(self, bundle: str | Path, cloud_url: str | None, config: EdgeConfig = EdgeConfig(),
                  *, before_send: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from edge_runtime.policy import build_scheduler  # pure Python + numpy: fine on a board
+        from edge_runtime.policy import board_head_ms, build_scheduler  # pure Python + numpy
 
         self.bundle = Path(bundle)
         self.config = config
@@ -116,6 +116,7 @@ class EdgeRuntime:
                              max_heads=config.max_heads,
                              priority=useful_heads(self.manifest, self.profile, config.max_drop_pp))
         self.scheduler, self.device_factor = build_scheduler(self.bundle, config, self.pool.dropped)
+        self._board_head_ms = board_head_ms(self.bundle, self.device_factor)
         # A second interpreter of the full model for finishing frames from the sender threads.
         self.fallback_pool = HeadPool(self.bundle, self.manifest, [], num_threads=config.num_threads)
         self.client = None
@@ -309,11 +310,22 @@ class EdgeRuntime:
     # ------------------------------------------------------------------ helpers
 
     def _device_run(self, pool: HeadPool, split: str, image: np.ndarray) -> tuple[np.ndarray, float]:
-        """Run on the (one) board; with a device class, pad to that board's speed."""
+        """Run on the (one) board; with a device class, pad to that board's speed.
+
+        The board's time for a head is the device profile's time for it on this machine times
+        the class factor; the run is padded up to that. Multiplying each run's own time instead
+        would amplify this host's jitter (another process, a GC pause) by the factor, 8.5x for
+        rpi4. A run slower than the board's time keeps its measured time."""
         with self._device_lock:
             t0 = self.clock()
             out = pool.run(split, image)
-            return out, self._pad((self.clock() - t0) * 1e3)
+            measured = (self.clock() - t0) * 1e3
+            board = self._board_head_ms.get(split)
+            if board is None:
+                return out, self._pad(measured)
+            if board > measured:
+                time.sleep((board - measured) / 1e3)
+            return out, max(board, measured)
 
     def _pad(self, measured_ms: float) -> float:
         extra = measured_ms * (self.device_factor - 1.0)
