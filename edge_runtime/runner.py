@@ -189,15 +189,14 @@ class EdgeRuntime:
                 time.sleep(delay)
         start = self.clock()
         with self._sched_lock:
+            probe = 0
             if self.client is not None and self.scheduler.probe_due(start):
                 self.scheduler.probe_started(start)
-                probe = True
-            else:
-                probe = False
+                probe = self.scheduler.probe_bytes()
             d = self.scheduler.decide(start)
         if probe:
             # Incompressible bytes, so no link or proxy compression flatters the sample.
-            jobs.put(("probe", frame, os.urandom(int(self.scheduler.p.probe_bytes)), None, start))
+            jobs.put(("probe", frame, os.urandom(probe), None, start))
         where = d.where.value
         if where == "device" or self.client is None:
             probs, ms = self._device_run(self.pool, FULL, frame.image)

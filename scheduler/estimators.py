@@ -78,6 +78,7 @@ class BandwidthEstimator:
         self._samples: deque[UploadSample] = deque(maxlen=window)
         self._estimate: float | None = None
         self.last_t_s: float | None = None
+        self.last_full_t_s: float | None = None  # newest sample long enough to measure the link
 
     def add(self, t_s: float, nbytes: float, seconds: float, rtt_s: float = 0.0) -> None:
         if nbytes <= 0 or seconds <= 0 or not math.isfinite(seconds):
@@ -94,6 +95,8 @@ class BandwidthEstimator:
         s = UploadSample(t_s, nbytes, net, nbytes * 8.0 / net, small)
         self._samples.append(s)
         self.last_t_s = t_s
+        if not small:
+            self.last_full_t_s = t_s
         while self._samples and self._samples[0].t_s < t_s - self.max_age_s:
             self._samples.popleft()
         est = self._estimate

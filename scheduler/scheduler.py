@@ -27,7 +27,10 @@ class SchedulerParams:
     dwell_s: float = 0.4                   # ...for this long
     jump_margin: float = 0.5               # better by this much: switch at once
     probe_interval_s: float = 0.5          # while device-only, keep bandwidth known
-    probe_bytes: int = 12_000
+    probe_bytes: int = 12_000              # smallest probe...
+    probe_max_bytes: int = 256_000         # ...largest: sized to take probe_net_s at the estimate
+    probe_net_s: float = 0.05
+    measure_interval_s: float = 2.0        # offloading with no full-size sample this long: probe
     backoff_initial_s: float = 0.5         # after a failure: first retry...
     backoff_max_s: float = 8.0             # ...doubling up to this
     timeout_min_s: float = 1.0             # an upload is failed after max(this, k * predicted)
@@ -189,17 +192,30 @@ class Scheduler:
         return self._retry_at
 
     def probe_due(self, now_s: float) -> bool:
-        """Whether the runtime should send a probe upload of `params.probe_bytes` now.
+        """Whether the runtime should send a probe upload of `probe_bytes()` now.
 
-        Only while frames run device-only: after a failure at the back-off time; otherwise when
-        no upload has measured the link for `probe_interval_s`. One probe at a time.
+        While frames run device-only: after a failure at the back-off time; otherwise when no
+        upload has measured the link for `probe_interval_s`. While offloading: when no upload
+        has been long enough to measure the link (a full-size sample, not a lower bound) for
+        `measure_interval_s`; on a fast link with a long RTT small payloads never are, and the
+        estimate would stay at what lower bounds prove. One probe at a time.
         """
         if self._probe_in_flight:
             return False
         if not self._cloud_ok:
             return now_s >= self._retry_at
         on_device = self._current is None or self.table.configs[self._current].where is Where.DEVICE
-        return on_device and now_s >= self._last_upload_s + self.p.probe_interval_s
+        if on_device:
+            return now_s >= self._last_upload_s + self.p.probe_interval_s
+        last = self.bandwidth.last_full_t_s
+        return last is None or now_s >= last + self.p.measure_interval_s
+
+    def probe_bytes(self) -> int:
+        """A probe long enough to be a full-size sample at the current estimate (probe_net_s of
+        transfer), within [probe_bytes, probe_max_bytes]."""
+        bw = self.bandwidth.estimate_bps or self.p.initial_bandwidth_bps
+        want = bw * self.p.probe_net_s / 8.0
+        return int(min(max(want, self.p.probe_bytes), self.p.probe_max_bytes))
 
     @property
     def chosen(self):

@@ -270,7 +270,7 @@ def simulate(table: ConfigTable, trace: Trace, policy: Policy | str, objective: 
         if sched is not None:
             if sched.probe_due(t0):
                 sched.probe_started(t0)
-                pb = float(sched.p.probe_bytes)
+                pb = float(sched.probe_bytes())
                 probe_bytes += pb
                 p0, p_end, ok = upload(t0, pb)
                 if ok:

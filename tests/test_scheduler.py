@@ -400,3 +400,26 @@ def test_without_relief_every_frame_follows_the_choice():
     ds = [s.decide(t + 0.02 * k) for k in range(60)]
     assert not any(d.relief for d in ds)
     assert len({d.key for d in ds[-20:]}) == 1
+
+
+def test_offloading_with_only_small_uploads_probes_with_a_payload_long_enough_to_measure():
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 30.0, nbytes=200_000)  # 53 ms each at 30 Mbit/s: full-size samples
+    for _ in range(40):
+        s.decide(t)
+        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
+        t += 0.02
+    assert s.chosen.where is not Where.DEVICE
+    assert not s.probe_due(t)                   # the link was measured within measure_interval_s
+    # from now on only tiny payloads: each is a lower bound (RTT-dominated), none measures
+    for _ in range(int(s.p.measure_interval_s / 0.02) + 5):
+        s.observe_rtt(t, 60.0)
+        s.observe_upload(t, 300, 300 * 8 / 30e6 + 0.06)
+        t += 0.02
+    assert s.probe_due(t)
+    size = s.probe_bytes()
+    assert s.p.probe_bytes <= size <= s.p.probe_max_bytes
+    # sized to take probe_net_s at the estimate: at ~30 Mbit/s, ~190 kB
+    assert size == pytest.approx(s.bandwidth.estimate_bps * s.p.probe_net_s / 8, rel=0.01)
+    s.probe_started(t)
+    assert not s.probe_due(t)                   # one probe at a time
