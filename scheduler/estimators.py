@@ -55,10 +55,13 @@ class BandwidthEstimator:
       server's acknowledgement, which includes one round trip; `rtt` should be the minimum
       recent RTT (jitter then only lengthens the transfer, so rates err low, never high).
     - A transfer whose time net of the RTT is under `min_net_s` (or a quarter of the RTT) is
-      dominated by RTT jitter and slow start, not by the link: its rate is only a lower bound,
-      so such samples are used only when no longer transfer is in the window, and then only to
-      raise the estimate (or, consistently above it, to signal a step up). Small payloads on a
-      slow link take long enough to count fully.
+      dominated by RTT jitter and slow start, not by the link ("small"). Classifying by the
+      outcome censors the fast ones, so an estimate from the long ones alone is biased low
+      (on the TMobile LTE trace at 10-25 Mbit/s it sat at 2-5 Mbit/s: a 6 kB JPEG is "long"
+      only when it hit a gap). So once any long sample is in the window, every sample counts
+      in the byte-weighted harmonic mean (total bytes / total time: a small payload weighs
+      little, a burst of one cannot swing it); with only small samples, they can only raise
+      the estimate (or, consistently above it, signal a step up).
     - Only samples count, not wall time, so idle gaps (device-only stretches) do not read as zero
       bandwidth.
     - The window holds at most `window` samples no older than `max_age_s` before the newest.
@@ -87,11 +90,9 @@ class BandwidthEstimator:
         rtt_s = max(rtt_s, 0.0)
         raw = seconds - rtt_s
         small = raw < max(self.min_net_s, 0.25 * rtt_s)
-        # A short transfer's rate is only a lower bound, and a loose one: a few kB can cross in
-        # one burst (a token bucket, a cellular grant) at many times the sustained rate. So it
-        # counts as if it had taken at least `min_net_s`: it can prove bytes / min_net_s, never
-        # more (measured on the demo's tc link: 1.4 kB in ~1 ms read as 11 Mbit/s on 0.5).
-        net = max(raw, self.min_net_s) if small else max(raw, 0.25 * seconds)
+        # with the minimum RTT subtracted, what is left is the transfer plus this request's
+        # jitter, never less than the transfer
+        net = max(raw, 1e-3) if small else max(raw, 0.25 * seconds)
         s = UploadSample(t_s, nbytes, net, nbytes * 8.0 / net, small)
         self._samples.append(s)
         self.last_t_s = t_s
@@ -110,9 +111,9 @@ class BandwidthEstimator:
         self._estimate = self._compute()
 
     def _compute(self) -> float | None:
-        big = [x for x in self._samples if not x.small]
-        if big:
-            return robust_rate([x.rate_bps for x in big], [x.nbytes for x in big], self.clip)
+        if any(not x.small for x in self._samples):
+            every = list(self._samples)
+            return robust_rate([x.rate_bps for x in every], [x.nbytes for x in every], self.clip)
         if not self._samples:
             return self._estimate
         # only lower bounds: the tightest one (their median, so one lucky sample does not

@@ -104,6 +104,7 @@ class Scheduler:
         self._retry_at = -math.inf
         self._last_upload_s = -math.inf
         self._probe_in_flight = False
+        self._probe_growth = 1.0            # doubles while probes come back too short to measure
         self.switches = 0
         self.relief_frames = 0
         self._uplink_free_s = -math.inf     # predicted time the uplink drains
@@ -127,6 +128,9 @@ class Scheduler:
             self._outstanding = max(0, self._outstanding - 1)
         base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
         self.bandwidth.add(now_s, nbytes, seconds, base / 1e3)
+        if probe:
+            measured = self.bandwidth.last_full_t_s == now_s
+            self._probe_growth = 1.0 if measured else min(self._probe_growth * 2.0, 1024.0)
         self._last_upload_s = now_s
         self._probe_in_flight = False
 
@@ -211,11 +215,12 @@ class Scheduler:
         return last is None or now_s >= last + self.p.measure_interval_s
 
     def probe_bytes(self) -> int:
-        """A probe long enough to be a full-size sample at the current estimate (probe_net_s of
-        transfer), within [probe_bytes, probe_max_bytes]."""
+        """A probe long enough to be a full-size sample: probe_net_s of transfer at the current
+        estimate, within [probe_bytes, probe_max_bytes]. An estimate built from lower bounds is
+        too low to size it, so each probe that came back too short doubles the next one."""
         bw = self.bandwidth.estimate_bps or self.p.initial_bandwidth_bps
-        want = bw * self.p.probe_net_s / 8.0
-        return int(min(max(want, self.p.probe_bytes), self.p.probe_max_bytes))
+        want = max(bw * self.p.probe_net_s / 8.0, self.p.probe_bytes) * self._probe_growth
+        return int(min(want, self.p.probe_max_bytes))
 
     @property
     def chosen(self):

@@ -423,3 +423,24 @@ def test_offloading_with_only_small_uploads_probes_with_a_payload_long_enough_to
     assert size == pytest.approx(s.bandwidth.estimate_bps * s.p.probe_net_s / 8, rel=0.01)
     s.probe_started(t)
     assert not s.probe_due(t)                   # one probe at a time
+
+
+def test_probes_grow_until_one_is_long_enough_to_measure_the_link():
+    s = make_scheduler()
+    s.observe_rtt(0.0, 60.0)
+    sizes = []
+    t = 0.0
+    for _ in range(6):   # a 200 Mbit/s link: every probe so far crosses in well under min_net_s
+        size = s.probe_bytes()
+        sizes.append(size)
+        s.probe_started(t)
+        s.observe_upload(t, size, size * 8 / 200e6 + 0.06, probe=True)
+        t += 0.5
+    assert sizes == sorted(sizes) and sizes[1] >= 2 * sizes[0] and sizes[-1] == s.p.probe_max_bytes
+    s.probe_started(t)   # the largest probe takes ~10 ms net: still short, so the size stays capped
+    size = s.probe_bytes()
+    s.observe_upload(t, size, size * 8 / 20e6 + 0.06, probe=True)   # 20 Mbit/s: ~100 ms, measured
+    assert s.bandwidth.last_full_t_s == t
+    # measured: back to sizing by the estimate alone (no growth factor)
+    by_estimate = max(s.bandwidth.estimate_bps * s.p.probe_net_s / 8, s.p.probe_bytes)
+    assert s.probe_bytes() == int(min(by_estimate, s.p.probe_max_bytes))
