@@ -176,13 +176,15 @@ def print_goals(goals: Sequence[dict]) -> None:
 
 
 def write_results(path: Path, body: dict) -> Path:
-    """Write `body` with the run's environment as JSON (parent folders created)."""
+    """Write `body` with the run's environment (versions, platform, cores, load average at the
+    end) as JSON (parent folders created)."""
     doc = {
         "version": RESULTS_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "machine": platform.machine(),
+        "platform": platform.platform(),
         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         **body,

@@ -15,7 +15,6 @@ import argparse
 import http.client
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ import requests
 
 from edge_runtime.manifest import BundleError, load_manifest
 from edge_runtime.packing import pack
+from benchmarks._common import write_results
 from tests.servers import CloudProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {
         "bundle": str(bundle), "model": manifest.model.name, "split": split, "bits": args.bits,
         "payload_bytes": int(np.mean([len(x) for x in payloads])), "seconds_per_run": args.seconds,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_start": list(os.getloadavg())},
+        "loadavg_at_start": list(os.getloadavg()),  # write_results adds the one at the end
     }
     if not args.skip_startup:
         report["startup"] = startup(bundle, payloads[0], logs)
@@ -206,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     report["goal"] = "batching on >= 2x requests/s of batching off at 16 clients"
 
     print_table(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = write_results(Path(args.out), report)
     print(f"wrote {out}")
     return 0
 

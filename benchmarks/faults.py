@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -368,8 +367,6 @@ def main(argv: list[str] | None = None) -> int:
             cloud.stop()
         log_text = cloud.log_text()
         report["server_log_tracebacks"] = log_text.count("Traceback")
-        report["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
-                             "loadavg_at_end": list(os.getloadavg())}
     finally:
         if cloud is not None:
             cloud.kill()

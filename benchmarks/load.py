@@ -17,8 +17,6 @@ the same phases for a few seconds each and asserts on them.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -287,8 +285,6 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split, "bits": args.bits, "payload_bytes": int(np.mean([len(x) for x in payloads])),
         "clients": args.clients, "max_queue": args.max_queue, "phases": phases,
         "server_exit_codes": codes, "server_log_tracebacks": tracebacks,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "loadavg_at_end": list(os.getloadavg())},
     }
     print_table(report)
     write_results(args.out, report)
