@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from scheduler import devices
-from scheduler.bundle import load_bundle
+from scheduler.bundle import Bundle, load_bundle
 from scheduler.core import Objective, Slo, Where
 from scheduler.formats import FULL
 from scheduler.scheduler import Decision, Scheduler, SchedulerParams
 
 
-def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()) -> tuple[Scheduler, float]:
-    """The scheduler for `config` (an EdgeConfig) and the device slow-down factor it assumes."""
+def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
+                    ) -> tuple[Scheduler, float, dict[str, float]]:
+    """The scheduler for `config` (an EdgeConfig), the device slow-down factor it assumes, and
+    the emulated board's time per head (`board_head_ms`)."""
     factor = devices.device_class(config.device_class).factor if config.device_class else 1.0
     b = load_bundle(bundle)
+    board = board_head_ms(b, factor)
     table = b.table(factor, None)  # the real cloud is measured online, not a class
     excluded = set(exclude)
     if config.policy == "device":
@@ -39,23 +42,20 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()) -> t
     slo = Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp)
     if config.policy == "auto":
         params = SchedulerParams(pipeline_depth=config.pipeline_depth)
-        return Scheduler(table, Objective.parse(config.objective), slo, params), factor
+        return Scheduler(table, Objective.parse(config.objective), slo, params), factor, board
     params = SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False)
     inner = Scheduler(table, Objective.parse(config.objective), slo, params)
     if config.policy == "device":
-        return inner, factor
+        return inner, factor, board
     pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
-    return PinnedScheduler(inner, pinned, config.policy), factor
+    return PinnedScheduler(inner, pinned, config.policy), factor, board
 
 
-def board_head_ms(bundle: Path, factor: float) -> dict[str, float]:
+def board_head_ms(b: Bundle, factor: float) -> dict[str, float]:
     """Per head (and "full"), the emulated board's time: the device profile's time on this
     machine times the class factor. Empty without a device class (nothing is padded) or
     without a measured device profile (runs are then padded by the factor, see the runner)."""
-    if factor <= 1.0:
-        return {}
-    b = load_bundle(bundle)
-    if b.device_estimated:
+    if factor <= 1.0 or b.device_estimated:
         return {}
     return {**{s: ms * factor for s, ms in b.device.heads_ms.items()}, FULL: b.device.full_ms * factor}
 

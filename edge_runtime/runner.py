@@ -98,7 +98,7 @@ class EdgeRuntime:
     def __init__(self, bundle: str | Path, cloud_url: str | None, config: EdgeConfig = EdgeConfig(),
                  *, before_send: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from edge_runtime.policy import board_head_ms, build_scheduler  # pure Python + numpy
+        from edge_runtime.policy import build_scheduler  # pure Python + numpy: fine on a board
 
         self.bundle = Path(bundle)
         self.config = config
@@ -115,8 +115,8 @@ class EdgeRuntime:
         self.pool = HeadPool(self.bundle, self.manifest, heads, num_threads=config.num_threads,
                              max_heads=config.max_heads,
                              priority=useful_heads(self.manifest, self.profile, config.max_drop_pp))
-        self.scheduler, self.device_factor = build_scheduler(self.bundle, config, self.pool.dropped)
-        self._board_head_ms = board_head_ms(self.bundle, self.device_factor)
+        self.scheduler, self.device_factor, self._board_head_ms = build_scheduler(
+            self.bundle, config, self.pool.dropped)
         # A second interpreter of the full model for finishing frames from the sender threads.
         self.fallback_pool = HeadPool(self.bundle, self.manifest, [], num_threads=config.num_threads)
         self.client = None
