@@ -1,6 +1,7 @@
 """make demo: the whole pipeline, live, over an emulated cellular uplink.
 
-Builds (if missing) and profiles the default bundle, starts the real cloud service behind an
+Builds (if missing) and profiles the default bundle (with --fast and nothing built, a smaller one:
+fewer splits, fewer profiled images), starts the real cloud service behind an
 emulated link that follows a cellular trace, runs the real edge runtime with the `auto` policy
 (ours), then `device` and `cloud` on the same frames and trace, and compares each with what the
 simulator predicts for the same run. Writes demo-report/.
@@ -28,7 +29,8 @@ POLICY_NAMES = {"auto": "dyno", "device": "device", "cloud": "cloud"}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     p.add_argument("--fast", action="store_true", help="a shorter run (under 3 minutes)")
-    p.add_argument("--bundle", type=Path, default=REPO / "build" / "fashion")
+    p.add_argument("--bundle", type=Path, help="bundle to run (default build/fashion; with --fast "
+                   "and no fresh build/fashion, a smaller build/fashion-fast)")
     p.add_argument("--source", default="zoo:fashion", help="model to convert when the bundle is missing")
     p.add_argument("--images", type=Path, help="frames from this folder (default: the test scenes)")
     p.add_argument("--trace", help="Mahimahi or 'time_s mbit_s' trace (default: a shared cellular "
@@ -36,8 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="rpi4", help="device class the edge emulates")
     p.add_argument("--duration", type=float, help="seconds per live run")
     p.add_argument("--rtt-ms", type=float, default=40.0)
-    p.add_argument("--max-splits", type=int, default=12)
-    p.add_argument("--profile-limit", type=int)
+    p.add_argument("--max-splits", type=int, help=f"splits to convert (default {FULL_SPLITS}, "
+                   f"{FAST_SPLITS} for the fast bundle)")
+    p.add_argument("--profile-limit", type=int, help=f"images to profile on (default {FULL_PROFILE_IMAGES}, "
+                   f"{FAST_PROFILE_IMAGES} for the fast bundle)")
     p.add_argument("--out", type=Path, default=REPO / "demo-report")
     p.add_argument("--no-netns", action="store_true", help="use the in-process link even as root")
     return p.parse_args(argv)
@@ -46,10 +50,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     duration = args.duration or (15.0 if args.fast else 45.0)
-    profile_limit = args.profile_limit or (100 if args.fast else 300)
     t_start = time.monotonic()
     try:
-        ensure_bundle(args, profile_limit)
+        choose_bundle(args)
+        ensure_bundle(args, args.profile_limit)
         trace, trace_name = load_trace(args.trace)
     except (RuntimeError, ValueError, OSError) as e:
         print(f"demo: error: {e}", file=sys.stderr)
@@ -98,6 +102,43 @@ def source_fingerprint(source: str) -> str:
     return source
 
 
+FULL_SPLITS, FULL_PROFILE_IMAGES = 12, 300
+# --fast with nothing built: fewer splits on fewer images, in a bundle of its own, so that the
+# full demo never inherits a thin profile (the profiler's cost is per split and per image).
+FAST_SPLITS, FAST_PROFILE_IMAGES = 6, 100
+DEFAULT_BUNDLE = REPO / "build" / "fashion"
+FAST_BUNDLE = REPO / "build" / "fashion-fast"
+
+
+def choose_bundle(args) -> None:
+    """Fill in --bundle, --max-splits and --profile-limit: the full bundle when it is built from
+    this source and profiled on enough images (--fast reuses it too), else what to build."""
+    fast_default = args.fast and args.bundle is None and not bundle_is_ready(
+        DEFAULT_BUNDLE, source_fingerprint(args.source), FULL_PROFILE_IMAGES)
+    if args.bundle is None:
+        args.bundle = FAST_BUNDLE if fast_default else DEFAULT_BUNDLE
+    if args.max_splits is None:
+        args.max_splits = FAST_SPLITS if fast_default else FULL_SPLITS
+    if args.profile_limit is None:
+        args.profile_limit = FAST_PROFILE_IMAGES if fast_default else FULL_PROFILE_IMAGES
+
+
+def bundle_is_ready(bundle: Path, fingerprint: str, min_images: int) -> bool:
+    """Converted from `fingerprint`, profiled on at least `min_images` images, device-profiled."""
+    stamp = bundle / SOURCE_STAMP
+    if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+        return False
+    return profiled_images(bundle) >= min_images and (bundle / "device-this-machine.json").exists()
+
+
+def profiled_images(bundle: Path) -> int:
+    """How many images the bundle's profile measured (0: none, or unreadable)."""
+    try:
+        return int(json.loads((bundle / "profile.json").read_text())["dataset"]["n"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def ensure_bundle(args, profile_limit: int) -> None:
     py = sys.executable
     b = args.bundle
@@ -110,7 +151,14 @@ def ensure_bundle(args, profile_limit: int) -> None:
         print(f"demo: converting {args.source} -> {b}")
         _step([py, "-m", "converter", args.source, "--out", str(b), "--max-splits", str(args.max_splits)])
         stamp.write_text(want + "\n")
-    if not (b / "profile.json").exists():
+    if args.images:  # a folder smaller than the limit is profiled whole
+        from edge_runtime.images import list_images
+
+        profile_limit = min(profile_limit, len(list_images(args.images)))
+    have_images = profiled_images(b)
+    if have_images < profile_limit:
+        if have_images:
+            print(f"demo: {b}'s profile measured {have_images} images, fewer than {profile_limit}")
         print(f"demo: profiling {b} on {profile_limit} images")
         cmd = [py, "-m", "converter.profile", str(b), "--limit", str(profile_limit)]
         if args.images:

@@ -39,7 +39,7 @@ import numpy as np
 import psutil
 import pytest
 import requests
-from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 
@@ -594,7 +594,13 @@ def test_fuzzed_requests_get_4xx_never_5xx_and_memory_stays_bounded(server, pool
                 rss[name] = _rss(pid)
         assert not bad, "\n".join(bad[:10])
 
+    # Rare codes must not hang on the seed: one explicit example with a wrong calibration
+    # reference on calibrated payloads (the only way to reach calibration_mismatch).
+    calibrated = [i for i, p in enumerate(pool.payloads) if Wire.parse(p).params == PARAMS_TAGS["calibrated"]]
+    wrong_ref = [("field", calibrated[k % len(calibrated)], [("ref", bytes(8))]) for k in range(PER_EXAMPLE)]
+
     @seed(FUZZ_SEED)
+    @example(wrong_ref)
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck))
     @given(st.lists(plans(), min_size=PER_EXAMPLE, max_size=PER_EXAMPLE))

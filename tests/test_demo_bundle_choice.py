@@ -1,0 +1,64 @@
+"""Which bundle `make demo` runs: --fast reuses a full bundle, else builds a small one of its own."""
+import json
+
+import pytest
+
+import demo.__main__ as demo
+
+
+@pytest.fixture
+def bundles(tmp_path, monkeypatch):
+    full, fast = tmp_path / "fashion", tmp_path / "fashion-fast"
+    monkeypatch.setattr(demo, "DEFAULT_BUNDLE", full)
+    monkeypatch.setattr(demo, "FAST_BUNDLE", fast)
+    monkeypatch.setattr(demo, "source_fingerprint", lambda source: f"{source} weights abc")
+    return full, fast
+
+
+def make_bundle(path, fingerprint="zoo:fashion weights abc", images=300, device=True):
+    path.mkdir(parents=True)
+    (path / demo.SOURCE_STAMP).write_text(fingerprint + "\n")
+    (path / "profile.json").write_text(json.dumps({"dataset": {"n": images}}))
+    if device:
+        (path / "device-this-machine.json").write_text("{}")
+
+
+def chosen(argv):
+    args = demo.parse_args(argv)
+    demo.choose_bundle(args)
+    return args.bundle, args.max_splits, args.profile_limit
+
+
+def test_fast_with_nothing_built_builds_the_small_bundle(bundles):
+    full, fast = bundles
+    assert chosen(["--fast"]) == (fast, demo.FAST_SPLITS, demo.FAST_PROFILE_IMAGES)
+    assert chosen([]) == (full, demo.FULL_SPLITS, demo.FULL_PROFILE_IMAGES)
+
+
+def test_fast_reuses_a_ready_full_bundle(bundles):
+    full, _ = bundles
+    make_bundle(full)
+    assert chosen(["--fast"]) == (full, demo.FULL_SPLITS, demo.FULL_PROFILE_IMAGES)
+
+
+@pytest.mark.parametrize("kind", ["stale", "thin", "no_device_profile"])
+def test_fast_does_not_reuse_a_full_bundle_that_is_not_ready(bundles, kind):
+    full, fast = bundles
+    make_bundle(full, fingerprint="zoo:fashion weights old" if kind == "stale" else
+                "zoo:fashion weights abc", images=100 if kind == "thin" else 300,
+                device=kind != "no_device_profile")
+    assert chosen(["--fast"])[0] == fast
+
+
+def test_explicit_choices_win(bundles, tmp_path):
+    mine = tmp_path / "mine"
+    assert chosen(["--fast", "--bundle", str(mine), "--max-splits", "3", "--profile-limit", "9"]) == (
+        mine, 3, 9)
+
+
+def test_profiled_images_reads_the_profile_and_tolerates_junk(tmp_path):
+    assert demo.profiled_images(tmp_path) == 0
+    (tmp_path / "profile.json").write_text("{not json")
+    assert demo.profiled_images(tmp_path) == 0
+    (tmp_path / "profile.json").write_text(json.dumps({"dataset": {"n": 42}}))
+    assert demo.profiled_images(tmp_path) == 42
