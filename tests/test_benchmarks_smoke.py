@@ -86,3 +86,20 @@ def test_switch_cost_math():
     # 27 extra switches cost 27 ms more in every round: 1 ms per switch
     assert edge_switch.per_switch_ms([0.100, 0.200], [0.127, 0.227], 3, 10) == pytest.approx(1.0)
     assert edge_switch.median_split(["a", "b", "c", "d"]) == "b"
+
+
+def test_up_to_pools_a_second_bundle_of_the_same_model_only(tmp_path):
+    main = [{"split": "a", "bits": 4, "bytes_mean": 100.0, "float32_bytes": 2000, "drop_pp": 0.0}]
+    sparse_dir = tmp_path / "sparse"
+    sparse_dir.mkdir()
+    row = {"split": "z", "bits": 2, "bytes_mean": 100.0, "float32_bytes": 9000, "drop_pp": 0.5}
+    (sparse_dir / "profile.json").write_text(json.dumps({"model_sha256": "ab" * 32, "configs": [row]}))
+    extra, note = packing.extra_configs(sparse_dir, "ab" * 32)
+    assert note is None and extra == [dict(row, bundle=str(sparse_dir))]
+    top = packing.up_to(packing.eligible(main + extra, 1.0))
+    assert top["split"] == "z" and top["bundle"] == str(sparse_dir)
+    assert packing.eligible(extra, 0.25) == []  # the accuracy budget applies to it too
+    other, note = packing.extra_configs(sparse_dir, "cd" * 32)
+    assert other == [] and "another model" in note
+    missing, note = packing.extra_configs(tmp_path / "nothing", "ab" * 32)
+    assert missing == [] and "--build-sparse" in note
