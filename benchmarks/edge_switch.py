@@ -320,8 +320,9 @@ def device_stage_ms(rt, config: dict, frames: np.ndarray, repeats: int) -> float
     from edge_runtime import packing
 
     split = rt.manifest.split(config["split"])
-    variant = packing.variant_kwargs(config.get("params", "frame"), config["bits"],
-                                     rt.calibration.get(split.name))
+    params = config.get("params", "frame")
+    own = rt.allocations if params == "allocated" else rt.calibration
+    variant = packing.variant_kwargs(params, config["bits"], own.get(split.name))
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()

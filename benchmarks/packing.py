@@ -177,12 +177,14 @@ def head_activations(bundle: Path, manifest: Manifest, split: str, frames: np.nd
     return acts, float(np.mean(head_s) * 1e3)
 
 
-def split_ranges(bundle: Path, split: str) -> packing.ChannelRanges:
-    cal = common.read_json(bundle / "calibration.json")
-    if not cal or split not in cal.get("splits", {}):
-        raise BundleError(f"{bundle / 'calibration.json'} has no ranges for {split!r}: "
+def split_ranges(bundle: Path, split: str, kind: str = "ranges") -> packing.ChannelRanges:
+    from edge_runtime.calibration import load_calibration
+
+    found = load_calibration(bundle, load_manifest(bundle), kind).get(split)
+    if found is None:
+        raise BundleError(f"{bundle / 'calibration.json'} has no {kind} for {split!r}: "
                           "re-run python -m converter.profile")
-    return packing.ChannelRanges.from_json(cal["splits"][split])
+    return found
 
 
 def time_pack(acts: list[np.ndarray], pack_one, repeats: int) -> dict:
@@ -230,9 +232,11 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
     """Pack cost and entropy of `config` on real activations from the real head."""
     split = manifest.split(config["split"])
     bits = config["bits"]
-    calibrated = config.get("params") == "calibrated"
-    ranges = split_ranges(bundle, split.name) if calibrated else None
-    variant = packing.variant_kwargs(config.get("params", "frame"), bits, ranges)
+    params = config.get("params", "frame")
+    calibrated = params in ("calibrated", "allocated")
+    ranges = split_ranges(bundle, split.name, "allocated" if params == "allocated" else "ranges") \
+        if calibrated else None
+    variant = packing.variant_kwargs(params, bits, ranges)
     # The head runs as the device profile timed it (all its threads); only pack() is pinned.
     threads = (device or {}).get("num_threads") or default_num_threads()
     acts, head_now = head_activations(bundle, manifest, split.name, frames, threads,

@@ -221,13 +221,16 @@ def _parse_k(default: int) -> int:
 
 
 def _calibration_for(model: ServedModel, split: Split, header):
-    if header.params != "calibrated":
+    if header.params not in ("calibrated", "allocated"):
         return None
-    ranges = model.calibration.get(split.name)
+    served = model.allocations if header.params == "allocated" else model.calibration
+    what = "a per-channel allocation" if header.params == "allocated" else "calibrated ranges"
+    ranges = served.get(split.name)
     if ranges is None:
         raise CalibrationMismatch(
-            f"payload uses calibrated ranges (reference {header.calibration_ref}) but the served "
-            f"bundle of {model.name!r} has no calibration for split {split.name!r}; deploy the "
+            f"payload uses {what} (reference {header.calibration_ref}) but the served "
+            f"bundle of {model.name!r} has no {'allocation' if header.params == 'allocated' else 'calibration'} "
+            f"for split {split.name!r}; deploy the "
             "bundle with its calibration.json, or pack without ranges"
         )
     if ranges.reference != header.calibration_ref:

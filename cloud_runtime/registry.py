@@ -24,6 +24,7 @@ class ServedModel:
     bundle: Path
     manifest: Manifest
     calibration: Mapping[str, ChannelRanges] = field(default_factory=dict)
+    allocations: Mapping[str, ChannelRanges] = field(default_factory=dict)  # bits=1 payloads
 
     @property
     def name(self) -> str:
@@ -84,7 +85,8 @@ class ServedModel:
             "output_shape": list(m.output_shape), "labels": list(m.labels),
             "splits": [
                 {"name": s.name, "index": s.index, "shape": list(s.shape), "dtype": s.dtype,
-                 "tail_flops": s.tail_flops, "calibrated": s.name in self.calibration}
+                 "tail_flops": s.tail_flops, "calibrated": s.name in self.calibration,
+                 "allocated": s.name in self.allocations}
                 for s in self.manifest.splits
             ],
         }
@@ -111,7 +113,8 @@ class ModelRegistry:
             bundle = Path(b)
             manifest = load_manifest(bundle)
             models.append(ServedModel(bundle=bundle.resolve(), manifest=manifest,
-                                      calibration=load_calibration(bundle, manifest)))
+                                      calibration=load_calibration(bundle, manifest),
+                                      allocations=load_calibration(bundle, manifest, "allocated")))
         return cls(models)
 
     def tails(self) -> list[TailSpec]:

@@ -40,7 +40,9 @@ def plot_pareto(profile: dict, path: Path, title: str = "accuracy vs bytes") -> 
     for i in front:
         c = configs[i]
         if c["drop_pp"] <= 5:
-            ax.annotate(f"{c['bits']}b", points[i], textcoords="offset points", xytext=(3, 4), fontsize=7)
+            allocated = c.get("params") == "allocated" and c.get("mean_bits") is not None
+            label = f"{c['mean_bits']:.2g}b per channel" if allocated else f"{c['bits']}b"
+            ax.annotate(label, points[i], textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
     ax.text(0.005, 1.05, "1 pp", transform=ax.get_yaxis_transform(), fontsize=8, color="grey")
     ax.set_xscale("log")

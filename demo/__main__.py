@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # A plain kill (SIGTERM) unwinds like Ctrl-C, so the cloud server and the network namespace
+    # go away with the demo instead of outliving it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     duration = args.duration or (15.0 if args.fast else 45.0)
     t_start = time.monotonic()
     try:

@@ -21,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cloud", help="cloud service URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--policy", default="auto", choices=POLICIES)
     p.add_argument("--split", help="split for --policy fixed")
-    p.add_argument("--bits", type=int, help="bit width for --policy fixed")
+    p.add_argument("--bits", type=int, help="bit width for --policy fixed (1: the split's per-channel allocation)")
     p.add_argument("--objective", default="throughput",
                    help="latency | throughput | cloud | bytes, or weights like latency=0.7,bytes=0.3")
     p.add_argument("--slo-ms", type=float, help="max latency per frame (ms)")

@@ -15,12 +15,20 @@ CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1
 
 
-def load_calibration(bundle: Path, manifest: Manifest) -> dict[str, ChannelRanges]:
-    """Per-split ranges from BUNDLE/calibration.json, or {} when the bundle has none.
+KINDS = ("ranges", "allocated")
+
+
+def load_calibration(bundle: Path, manifest: Manifest, kind: str = "ranges") -> dict[str, ChannelRanges]:
+    """Per-split ranges (kind "ranges") or per-channel allocations ("allocated") from
+    BUNDLE/calibration.json, or {} when the bundle has none.
 
     Layout (written by converter.profile): {"version": 1, "model_sha256": ..., "splits":
-    {SPLIT: ChannelRanges.to_json()}}; splits that the manifest does not list are ignored.
+    {SPLIT: {"ranges": ChannelRanges.to_json(), "allocated": ChannelRanges.to_json() with
+    bits, "allocation": how its budget was chosen}}}; a bare ranges object per split (older
+    profiles) is read as "ranges". Splits that the manifest does not list are ignored.
     """
+    if kind not in KINDS:
+        raise ValueError(f"Expected kind in {KINDS}. Received: kind={kind!r}")
     path = bundle / CALIBRATION_FILE
     if not path.is_file():
         return {}
@@ -46,7 +54,11 @@ def load_calibration(bundle: Path, manifest: Manifest) -> dict[str, ChannelRange
         if name not in known:
             continue
         if isinstance(entry, dict) and "ranges" in entry:
-            entry = entry["ranges"]
+            entry = entry.get(kind)
+        elif kind != "ranges":
+            entry = None
+        if entry is None:
+            continue
         try:
             out[name] = ChannelRanges.from_json(entry)
         except PackingError as e:

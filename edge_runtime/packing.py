@@ -23,6 +23,11 @@ Where lo and scale come from (the `params` mode, chosen per payload and tagged i
 * ``channel-f16``: lo and scale as float16 per channel (4 bytes per channel, the baseline).
 * ``tensor``: one lo and scale (8 bytes) for the whole tensor; the default picks it when the
   channels' ranges are similar enough that per-channel parameters buy nothing.
+* ``allocated`` (bits = MIXED_BITS = 1 only): every channel has its own width, 0..8 bits, and
+  range, from an allocation calibrated offline (`ChannelRanges` with `bits`, made by
+  converter/allocation.py); like ``calibrated`` the header carries only its reference. The data
+  section holds, per width from 1 to 8, that width's channels channel-major and densely packed;
+  0-bit channels send nothing and decode as their lo.
 
 Body sections (before brotli): params, then data. params is empty (calibrated, floats),
 ``<ff`` lo, scale (tensor), C x ``<f2`` lo then C x ``<f2`` scale (channel-f16), or
@@ -72,7 +77,7 @@ offset  type      field
 ======  ========  ===========================================================================
 0       4s        magic ``b"SIAC"``
 4       u8        format version (1)
-5       u8        bits: 2, 3, 4, 5, 6, 8, 16 or 32
+5       u8        bits: 1 (allocated), 2, 3, 4, 5, 6, 8, 16 or 32
 6       u8        layout tag (`LAYOUT_TAGS`)
 7       u8        params mode tag (`PARAMS_TAGS`)
 8       u8        flags: bit 0 = model sha256 prefix present; other bits must be 0
@@ -82,7 +87,7 @@ offset  type      field
 20      u8        n = length of the split name in UTF-8 bytes (0 = none)
 21      n bytes   split name
 ..      ndim*u32  shape
-..      8s        calibration reference (only when the params mode is ``calibrated``)
+..      8s        calibration reference (only when the params mode is ``calibrated`` or ``allocated``)
 ..      u32       body length in bytes
 ..      u32       crc32 of the body
 ..      u32       crc32 of every header byte before this field
@@ -108,6 +113,7 @@ from edge_runtime import _bitpack
 
 __all__ = [
     "BITS",
+    "MIXED_BITS",
     "LAYOUTS",
     "PARAMS_MODES",
     "DEFAULT_LAYOUT",
@@ -161,9 +167,16 @@ PARAMS_TAGS: dict[str, int] = {
     "channel-q8": 2,
     "tensor": 3,
     "calibrated": 4,
+    "allocated": 5,  # per-channel widths and ranges from the bundle (header bits = MIXED_BITS)
 }
 PARAMS_MODES: tuple[str, ...] = tuple(PARAMS_TAGS)
 QUANTIZED_PARAMS: tuple[str, ...] = ("channel-f16", "channel-q8", "tensor", "calibrated")
+#: bits value of a payload whose channels have their own widths (0..8), set by an allocation
+#: (`ChannelRanges` with `bits`) calibrated offline; the only layout is channel-dense, grouped
+#: by width.
+MIXED_BITS = 1
+MAX_CHANNEL_BITS = 8
+_REFERENCED_PARAMS = ("calibrated", "allocated")  # the header carries a calibration reference
 
 #: Best layout per bit width, measured by benchmarks/packing_layouts.py (smallest total bytes
 #: over MobileNetV2- and ResNet50-like activations, post-ReLU and post-BN alike).
@@ -189,7 +202,7 @@ BROTLI_MODE = brotli.MODE_GENERIC
 #: How a profile's `params` names a variant of one (split, bits), and the pack() arguments it
 #: stands for (`variant_kwargs`): ranges from this frame, the same narrowed around the mean, or
 #: ranges calibrated offline. The profiler measures each and keeps one per (split, bits).
-PROFILE_VARIANTS = ("frame", "clipped", "calibrated")
+PROFILE_VARIANTS = ("frame", "clipped", "calibrated", "allocated")
 #: clip_sigmas of the "clipped" variant: only where it can win (few levels; measured on the
 #: default model, see `clip_range`).
 CLIP_SIGMAS: dict[int, float] = {2: 2.5, 3: 3.0}
@@ -236,13 +249,16 @@ class PackingError(ValueError):
 class ChannelRanges:
     """Per-channel [lo, hi] ranges, calibrated offline; float32, read-only.
 
-    `reference` identifies the exact values (8 bytes of sha256), so a payload packed with one
-    calibration cannot be decoded silently with another.
+    With `bits` (one width in 0..8 per channel) it is an allocation for MIXED_BITS payloads:
+    channel c is quantized to bits[c] bits over [lo, hi], and a 0-bit channel is sent as
+    nothing and decoded as lo[c]. `reference` identifies the exact values (8 bytes of
+    sha256), so a payload packed with one calibration cannot be decoded silently with another.
     """
 
     lo: np.ndarray
     hi: np.ndarray
     percentile: float | None = None
+    bits: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         lo = _ranges_array(self.lo, "lo")
@@ -255,15 +271,26 @@ class ChannelRanges:
             raise PackingError(f"ranges lo > hi at channel {c}: {lo[c]!r} > {hi[c]!r}")
         object.__setattr__(self, "lo", lo)
         object.__setattr__(self, "hi", hi)
+        if self.bits is not None:
+            object.__setattr__(self, "bits", _widths_array(self.bits, lo.size))
 
     @property
     def channels(self) -> int:
         return int(self.lo.size)
 
     @property
+    def is_allocation(self) -> bool:
+        return self.bits is not None
+
+    @property
+    def mean_bits(self) -> float | None:
+        """Bits per value of the data an allocation sends (None for plain ranges)."""
+        return None if self.bits is None else float(self.bits.mean()) if self.bits.size else 0.0
+
+    @property
     def reference(self) -> str:
         """16 hex chars naming these exact float32 values (stored in calibrated payloads)."""
-        return _ranges_reference(self.lo, self.hi).hex()
+        return _ranges_reference(self.lo, self.hi, self.bits).hex()
 
     def to_json(self) -> dict:
         """A JSON-ready dict (floats are exact float32 values, so the reference round-trips)."""
@@ -274,6 +301,7 @@ class ChannelRanges:
             "reference": self.reference,
             "lo": [float(v) for v in self.lo],
             "hi": [float(v) for v in self.hi],
+            **({} if self.bits is None else {"bits": [int(b) for b in self.bits]}),
         }
 
     @classmethod
@@ -288,7 +316,9 @@ class ChannelRanges:
                 f"(this reader knows version {RANGES_JSON_VERSION})"
             )
         try:
-            ranges = cls(lo=np.asarray(d["lo"]), hi=np.asarray(d["hi"]), percentile=d.get("percentile"))
+            bits = d.get("bits")
+            ranges = cls(lo=np.asarray(d["lo"]), hi=np.asarray(d["hi"]), percentile=d.get("percentile"),
+                         bits=None if bits is None else np.asarray(bits))
         except KeyError as e:
             raise PackingError(f"ranges JSON lacks the {e.args[0]!r} field") from None
         if "channels" in d and d["channels"] != ranges.channels:
@@ -302,7 +332,9 @@ class ChannelRanges:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChannelRanges):
             return NotImplemented
-        return np.array_equal(self.lo, other.lo) and np.array_equal(self.hi, other.hi)
+        same_bits = (self.bits is None) == (other.bits is None) and (
+            self.bits is None or np.array_equal(self.bits, other.bits))
+        return np.array_equal(self.lo, other.lo) and np.array_equal(self.hi, other.hi) and same_bits
 
     def __hash__(self) -> int:
         return hash(self.reference)
@@ -394,6 +426,8 @@ def pack(
     bits=16, or bad arguments.
     """
     arr = _as_float32(x)
+    if _is_mixed(bits):
+        return _pack_allocated(arr, ranges, layout, quality, params, model_sha256, split, split_index)
     bits = _check_bits(bits)
     layout = _resolve_layout(layout, bits)
     _check_quality(quality)
@@ -403,6 +437,9 @@ def pack(
     name = _split_name_bytes(split)
     index = _split_index_field(split_index)
     flat = arr.reshape(_rows(shape), _channels(shape))
+    if ranges is not None and isinstance(ranges, ChannelRanges) and ranges.is_allocation:
+        raise PackingError(f"an allocation (ranges with per-channel bits) packs only at "
+                           f"bits={MIXED_BITS}. Received: bits={bits}")
 
     calibration_ref = b""
     if bits in FLOAT_DTYPES:
@@ -418,7 +455,14 @@ def pack(
 
     level = default_quality(bits, len(raw)) if quality is None else int(quality)
     body = brotli.compress(raw, mode=BROTLI_MODE, quality=level)
-    flags = FLAG_MODEL_SHA if model_sha256 is not None else 0
+    return _assemble(bits, layout, mode, model_sha256 is not None, shape, index, sha, name,
+                     calibration_ref, body)
+
+
+def _assemble(bits: int, layout: str, mode: str, has_sha: bool, shape: tuple[int, ...], index: int,
+              sha: bytes, name: bytes, calibration_ref: bytes, body: bytes) -> bytes:
+    """Header (with both checksums) + body."""
+    flags = FLAG_MODEL_SHA if has_sha else 0
     head = _FIXED.pack(
         MAGIC, FORMAT_VERSION, bits, LAYOUT_TAGS[layout], PARAMS_TAGS[mode], flags, len(shape),
         index, sha, len(name),
@@ -427,6 +471,82 @@ def pack(
     head += struct.pack("<II", len(body), zlib.crc32(body))
     head += struct.pack("<I", zlib.crc32(head))
     return head + body
+
+
+def _is_mixed(bits: object) -> bool:
+    return not isinstance(bits, bool) and isinstance(bits, (int, np.integer)) and int(bits) == MIXED_BITS
+
+
+def _pack_allocated(arr: np.ndarray, allocation: ChannelRanges | None, layout: str | None,
+                    quality: int | None, params: str | None, model_sha256: str | None,
+                    split: str | None, split_index: int | None) -> bytes:
+    """MIXED_BITS: each channel at its allocated width, widths grouped (see `_allocated_section`)."""
+    if not isinstance(allocation, ChannelRanges) or not allocation.is_allocation:
+        raise PackingError(f"bits={MIXED_BITS} packs with an allocation: pass ranges=ChannelRanges(lo, "
+                           "hi, bits=...) from the bundle's calibration.json")
+    if layout not in (None, "channel-dense"):
+        raise PackingError(f"bits={MIXED_BITS} has one layout, 'channel-dense'. Received: layout={layout!r}")
+    if params not in (None, "allocated"):
+        raise PackingError(f"bits={MIXED_BITS} has one params mode, 'allocated'. Received: params={params!r}")
+    _check_quality(quality)
+    shape = tuple(int(d) for d in arr.shape)
+    _check_shape_for_wire(shape)
+    sha, name, index = _sha_prefix(model_sha256), _split_name_bytes(split), _split_index_field(split_index)
+    flat = arr.reshape(_rows(shape), _channels(shape))
+    if allocation.channels != flat.shape[1]:
+        raise PackingError(f"allocation has {allocation.channels} channels, the tensor has {flat.shape[1]}")
+    raw = _allocated_section(flat, allocation)
+    level = (SMALL_SECTION_QUALITY if len(raw) <= SMALL_SECTION_BYTES else DEFAULT_QUALITY[2]) \
+        if quality is None else int(quality)
+    body = brotli.compress(raw, mode=BROTLI_MODE, quality=level)
+    ref = _ranges_reference(allocation.lo, allocation.hi, allocation.bits)
+    return _assemble(MIXED_BITS, "channel-dense", "allocated", model_sha256 is not None, shape,
+                     index, sha, name, ref, body)
+
+
+def _width_groups(widths: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """(width, channel indices) for every width > 0 in use, narrowest first (the wire order)."""
+    return [(w, idx) for w in range(1, MAX_CHANNEL_BITS + 1)
+            if (idx := np.flatnonzero(widths == w)).size]
+
+
+def _allocated_params(allocation: ChannelRanges, idx: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    levels = (1 << width) - 1
+    lo = allocation.lo[idx]
+    scale = _round_up((allocation.hi[idx].astype(np.float64) - lo.astype(np.float64)) / levels, np.float32)
+    _check_params_finite(lo, scale, levels, f"allocation ({width}-bit channels)")
+    return lo, scale
+
+
+def _allocated_section(flat: np.ndarray, allocation: ChannelRanges) -> bytes:
+    """Per width w (1..8, narrowest first): its channels' symbols, channel-major, w-bit dense.
+    0-bit channels send nothing."""
+    parts = []
+    for width, idx in _width_groups(allocation.bits):
+        lo, scale = _allocated_params(allocation, idx, width)
+        symbols = _quantize_2d(flat[:, idx], lo, scale, width)
+        parts.append(_bitpack.pack_dense(np.ascontiguousarray(symbols.T).reshape(-1), width))
+    return b"".join(parts)
+
+
+def _allocated_nbytes(rows: int, allocation: ChannelRanges) -> int:
+    return sum(_bitpack.dense_nbytes(rows * idx.size, w) for w, idx in _width_groups(allocation.bits))
+
+
+def _decode_allocated(raw: bytes, header: Header, allocation: ChannelRanges) -> np.ndarray:
+    rows, c = _rows(header.shape), header.channels
+    out = np.empty((rows, c), dtype=np.float32)
+    zero = np.flatnonzero(allocation.bits == 0)
+    out[:, zero] = allocation.lo[zero]
+    at = 0
+    for width, idx in _width_groups(allocation.bits):
+        n = rows * idx.size
+        nbytes = _bitpack.dense_nbytes(n, width)
+        seq = _bitpack.unpack_dense(raw[at:at + nbytes], n, width)
+        at += nbytes
+        lo, scale = _allocated_params(allocation, idx, width)
+        out[:, idx] = _dequantize_2d(seq.reshape(idx.size, rows).T, lo, scale)
+    return out.reshape(header.shape)
 
 
 def unpack(
@@ -481,7 +601,7 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
         )
     if ndim > MAX_NDIM:
         raise PackingError(f"ndim {ndim} at offset 9 exceeds the maximum of {MAX_NDIM}")
-    calibrated = params_tag == PARAMS_TAGS["calibrated"]
+    calibrated = params_tag in {PARAMS_TAGS[m] for m in _REFERENCED_PARAMS}
     dims_at = _FIXED.size + name_len
     ref_at = dims_at + 4 * ndim
     tail_at = ref_at + (CALIBRATION_REF_BYTES if calibrated else 0)
@@ -627,6 +747,7 @@ def params_nbytes(mode: str, channels: int) -> int:
     return {
         "none": 0,
         "calibrated": 0,
+        "allocated": 0,
         "tensor": _TENSOR_PARAMS.size,
         "channel-f16": 4 * c,
         "channel-q8": _Q8_PARAMS.size + 2 * c,
@@ -670,7 +791,7 @@ class _Params:
 
 def _bits_message(bits: object) -> str:
     allowed = "{" + ", ".join(str(b) for b in BITS) + "}"
-    return f"Expected one of {allowed}. Received: bits={bits!r}"
+    return f"Expected one of {allowed} (or {MIXED_BITS} with an allocation). Received: bits={bits!r}"
 
 
 def _check_bits(bits: object) -> int:
@@ -792,12 +913,28 @@ def _ranges_array(values: object, what: str) -> np.ndarray:
     return out
 
 
-def _ranges_reference(lo: np.ndarray, hi: np.ndarray) -> bytes:
+def _ranges_reference(lo: np.ndarray, hi: np.ndarray, bits: np.ndarray | None = None) -> bytes:
     h = hashlib.sha256(b"SIAC-ranges-v1")
     h.update(struct.pack("<I", lo.size))
     h.update(lo.astype("<f4").tobytes())
     h.update(hi.astype("<f4").tobytes())
+    if bits is not None:  # plain ranges keep the references they always had
+        h.update(b"widths")
+        h.update(bits.astype(np.uint8).tobytes())
     return h.digest()[:CALIBRATION_REF_BYTES]
+
+
+def _widths_array(values: object, channels: int) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu" or arr.shape != (channels,):
+        raise PackingError(f"allocation bits must be {channels} integers (one per channel), got "
+                           f"dtype {arr.dtype}, shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > MAX_CHANNEL_BITS):
+        raise PackingError(f"allocation bits must be in 0..{MAX_CHANNEL_BITS}, got "
+                           f"{int(arr.min())}..{int(arr.max())}")
+    out = arr.astype(np.uint8)
+    out.setflags(write=False)
+    return out
 
 
 # ---- parameters -----------------------------------------------------------------------------
@@ -860,6 +997,11 @@ def variant_kwargs(variant: str, bits: int, ranges: ChannelRanges | None) -> dic
     """
     if variant not in PROFILE_VARIANTS:
         raise PackingError(f"Expected one of {list(PROFILE_VARIANTS)}. Received: params={variant!r}")
+    if variant == "allocated":
+        if bits != MIXED_BITS or ranges is None or not ranges.is_allocation:
+            raise PackingError(f"the 'allocated' variant packs at bits={MIXED_BITS} with the split's "
+                               "allocation from calibration.json; rerun python -m converter.profile")
+        return {"ranges": ranges}
     if bits not in QUANTIZED_BITS:
         return {}
     if variant == "calibrated" and ranges is not None:
@@ -1040,6 +1182,9 @@ def _check_calibration(header: Header, ranges: ChannelRanges | None) -> None:
         raise TypeError(f"ranges must be a ChannelRanges, got {type(ranges).__name__}")
     if ranges.channels != c:
         raise PackingError(f"ranges have {ranges.channels} channels, the payload has {c}")
+    if ranges.is_allocation != (header.params == "allocated"):
+        want = "an allocation (ranges with per-channel bits)" if header.params == "allocated" else "plain ranges"
+        raise PackingError(f"payload is {header.params!r}: pass {want} to unpack(ranges=...)")
     if ranges.reference != header.calibration_ref:
         raise PackingError(
             f"calibration reference mismatch: payload says {header.calibration_ref}, "
@@ -1190,6 +1335,16 @@ def _as_view(data: object) -> memoryview:
 
 
 def _check_header_fields(bits: int, layout_tag: int, params_tag: int, flags: int) -> None:
+    allocated = params_tag == PARAMS_TAGS["allocated"]
+    if allocated != (bits == MIXED_BITS):
+        raise PackingError(f"bits={bits} (offset 5) and params mode tag {params_tag} (offset 7) are "
+                           f"inconsistent: bits={MIXED_BITS} goes with 'allocated' and only with it")
+    if allocated:
+        if layout_tag != LAYOUT_TAGS["channel-dense"]:
+            raise PackingError(f"layout tag {layout_tag} (offset 6) is not defined for bits={MIXED_BITS}")
+        if flags & ~KNOWN_FLAGS:
+            raise PackingError(f"unknown flag bits 0x{flags & ~KNOWN_FLAGS:02x} at offset 8")
+        return
     if bits not in BITS:
         raise PackingError(f"unknown bit width at offset 5: {_bits_message(bits)}")
     if layout_tag not in _TAG_LAYOUTS:
@@ -1232,6 +1387,10 @@ def _check_size(header: Header, max_elements: int) -> None:
 
 
 def _decode_body(body: bytes, header: Header, ranges: ChannelRanges | None) -> np.ndarray:
+    if header.params == "allocated":
+        _check_calibration(header, ranges)
+        raw = _decompress_capped(body, _allocated_nbytes(_rows(header.shape), ranges), header)
+        return _decode_allocated(raw, header, ranges)
     if header.params == "calibrated":
         _check_calibration(header, ranges)
     params_len = params_nbytes(header.params, header.channels)

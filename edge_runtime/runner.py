@@ -106,6 +106,7 @@ class EdgeRuntime:
         self.manifest = load_manifest(self.bundle)
         self.profile = _read_optional_json(self.bundle / "profile.json")
         self.calibration = load_calibration(self.bundle, self.manifest)
+        self.allocations = load_calibration(self.bundle, self.manifest, kind="allocated")
         self._params = _packing_params(self.bundle, self.profile)
         if config.policy != "device" and cloud_url is None:
             raise ValueError(f"policy={config.policy} needs --cloud URL.")
@@ -214,8 +215,9 @@ class EdgeRuntime:
         act, head_ms = self._device_run(self.pool, d.split, frame.image)
         t0 = self.clock()
         split = self.manifest.split(d.split)
-        variant = packing.variant_kwargs(self._params.get((d.split, d.bits), "frame"), d.bits,
-                                         self.calibration.get(d.split))
+        params = self._params.get((d.split, d.bits), "frame")
+        own = (self.allocations if params == "allocated" else self.calibration).get(d.split)
+        variant = packing.variant_kwargs(params, d.bits, own)
         # The split by index only: with the model hash it is unambiguous, and a long layer name
         # would be a tenth of a late split's payload.
         payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256,

@@ -225,6 +225,40 @@ def test_calibrated_payloads_use_the_bundle_ranges(tmp_path):
     service.close()
 
 
+def test_allocated_payloads_use_the_bundle_allocation(tmp_path):
+    from edge_runtime.packing import MIXED_BITS, ChannelRanges, pack, unpack
+
+    rng = np.random.default_rng(2)
+    ranges = calibrate_ranges([rng.normal(size=SPLITS["mid"]) for _ in range(4)], percentile=100)
+    c_count = ranges.channels
+    allocation = ChannelRanges(lo=ranges.lo, hi=ranges.hi, bits=rng.integers(0, 5, c_count))
+    bundle = make_bundle(tmp_path / "alloc", calibration={"mid": ranges})
+    data = json.loads((bundle / "calibration.json").read_text())  # as converter.profile writes it
+    data["splits"]["mid"] = {"ranges": ranges.to_json(), "allocated": allocation.to_json()}
+    (bundle / "calibration.json").write_text(json.dumps(data))
+    app, service, _ = build(tmp_path, bundles=[bundle])
+    assert service.wait_ready(5)
+    c = app.test_client()
+    split = c.get("/v1/models").get_json()["models"][0]["splits"][1]
+    assert split["calibrated"] is True and split["allocated"] is True
+    x = rng.normal(size=SPLITS["mid"]).astype(np.float32)
+    sent = pack(x, MIXED_BITS, ranges=allocation, model_sha256=SHA_A, split_index=1)
+    body = c.post("/v1/infer", data=sent).get_json()
+    assert body["bits"] == MIXED_BITS
+    assert body["top_k"][0]["class"] == int(np.argmax(fake_scores(unpack(sent, ranges=allocation)[None])))
+    # the plain calibration still decodes its own payloads
+    assert c.post("/v1/infer", data=payload("mid", 4, ranges=ranges)[1]).status_code == 200
+    wrong = ChannelRanges(lo=ranges.lo, hi=ranges.hi, bits=(allocation.bits + 1) % 5)
+    expect_error(c.post("/v1/infer", data=pack(x, MIXED_BITS, ranges=wrong, model_sha256=SHA_A,
+                                                split_index=1)),
+                 409, "calibration_mismatch", "does not match the served calibration")
+    vec = ChannelRanges(lo=np.zeros(12), hi=np.ones(12), bits=np.ones(12, int))
+    expect_error(c.post("/v1/infer", data=pack(rng.normal(size=(12,)), MIXED_BITS, ranges=vec,
+                                                model_sha256=SHA_A, split_index=2)),
+                 409, "calibration_mismatch", "no allocation for split 'vec'")
+    service.close()
+
+
 def test_calibration_of_another_model_is_refused_at_start(tmp_path):
     from edge_runtime.manifest import BundleError
 

@@ -63,7 +63,8 @@ def reseal(data: bytes) -> bytes:
     if len(data) < 21:
         return data
     params_tag, ndim, name_len = data[7], data[9], data[20]
-    tail = 21 + name_len + 4 * ndim + (8 if params_tag == packing.PARAMS_TAGS["calibrated"] else 0)
+    referenced = params_tag in (packing.PARAMS_TAGS["calibrated"], packing.PARAMS_TAGS["allocated"])
+    tail = 21 + name_len + 4 * ndim + (8 if referenced else 0)
     if len(data) < tail + 12:
         return data
     body = data[tail + 12 :]
@@ -320,8 +321,11 @@ def test_calibrate_ranges_percentiles():
 def test_unknown_bits_message():
     with pytest.raises(PackingError) as e:
         packing.pack(np.zeros(3, np.float32), 7)
-    assert str(e.value) == "Expected one of {2, 3, 4, 5, 6, 8, 16, 32}. Received: bits=7"
-    for bad in (1, 9, 64, True, 4.0, "4"):
+    assert str(e.value) == ("Expected one of {2, 3, 4, 5, 6, 8, 16, 32} (or 1 with an allocation). "
+                            "Received: bits=7")
+    with pytest.raises(PackingError, match="packs with an allocation"):
+        packing.pack(np.zeros(3, np.float32), 1)
+    for bad in (9, 64, True, 4.0, "4"):
         with pytest.raises(PackingError, match="Expected one of"):
             packing.pack(np.zeros(3, np.float32), bad)
 
@@ -377,6 +381,9 @@ def sample_payloads() -> list[tuple[bytes, ChannelRanges | None]]:
     out = [(packing.pack(x, b, split="s", split_index=1, model_sha256=SHA), None) for b in packing.BITS]
     out += [(packing.pack(x, 3, params=m), None) for m in ("channel-f16", "channel-q8", "tensor")]
     out.append((packing.pack(x, 4, ranges=ranges), ranges))
+    widths = np.array([0, 1, 3, 8, 2])
+    allocation = ChannelRanges(lo=ranges.lo, hi=ranges.hi, bits=widths)
+    out.append((packing.pack(x, packing.MIXED_BITS, ranges=allocation, split_index=2), allocation))
     return out
 
 
@@ -425,7 +432,7 @@ def test_byte_flips_never_crash(which, where, mask, resealed):
     tail=st.binary(max_size=80),
     bits=st.sampled_from(packing.BITS),
     layout=st.integers(0, 7),
-    params=st.integers(0, 5),
+    params=st.integers(0, 6),
     ndim=st.integers(0, 9),
 )
 def test_garbage_after_a_plausible_prefix_never_crashes(tail, bits, layout, params, ndim):
@@ -581,3 +588,92 @@ def test_variant_kwargs_name_the_pack_arguments_of_each_profile_variant():
         packing.variant_kwargs("clip", 2, ranges)
     with pytest.raises(PackingError, match="clip_sigmas"):
         packing.pack(np.ones((4, 3), np.float32), 2, clip_sigmas=0.0)
+
+
+# ---- per-channel allocation (bits = MIXED_BITS) ---------------------------------------------
+
+
+@SETTINGS
+@given(data=st.data(), rows=st.integers(1, 40), channels=st.integers(1, 24))
+def test_allocated_round_trip_within_half_step_per_channel(data, rows, channels):
+    x = data.draw(hnp.arrays(np.float32, (rows, channels), elements=st.floats(-50, 50, width=32)))
+    widths = np.array(data.draw(st.lists(st.integers(0, packing.MAX_CHANNEL_BITS), min_size=channels,
+                                         max_size=channels)))
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    narrow = data.draw(st.booleans())  # a calibrated range can be narrower than this frame
+    if narrow:
+        lo, hi = lo + 0.25 * (hi - lo), hi - 0.25 * (hi - lo)
+    allocation = ChannelRanges(lo=lo, hi=hi, bits=widths)
+    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation, model_sha256=SHA, split_index=4)
+    header = packing.read_header(payload)
+    assert (header.bits, header.params, header.layout) == (packing.MIXED_BITS, "allocated", "channel-dense")
+    assert header.calibration_ref == allocation.reference
+    y = packing.unpack(payload, ranges=allocation)
+    assert y.shape == x.shape and y.dtype == np.float32
+    lo64, hi64 = allocation.lo.astype(np.float64), allocation.hi.astype(np.float64)
+    for c in range(channels):
+        if widths[c] == 0:  # sent as nothing, decoded as lo
+            assert (y[:, c] == allocation.lo[c]).all()
+            continue
+        scale = np.float64(packing._round_up(np.array([(hi64[c] - lo64[c]) / ((1 << widths[c]) - 1)]),
+                                             np.float32)[0])
+        want = np.clip(x[:, c].astype(np.float64), lo64[c], lo64[c] + scale * ((1 << widths[c]) - 1))
+        tol = 8 * np.finfo(np.float32).eps * (np.abs(lo64[c]) + np.abs(hi64[c]) + np.abs(want) + scale)
+        assert (np.abs(y[:, c] - want) <= scale / 2 + tol).all()
+
+
+def test_allocated_payload_size_follows_the_widths():
+    x = np.zeros((100, 4), np.float32)
+    allocation = ChannelRanges(lo=np.zeros(4), hi=np.ones(4), bits=np.array([0, 1, 4, 8]))
+    raw_bytes = (100 * 1 + 7) // 8 + (100 * 4 + 7) // 8 + 100
+    # zeros compress to almost nothing: check the decompressed size through the cap instead
+    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation, quality=0)
+    assert brotli.decompress(payload[packing.read_header(payload).header_length:]).__len__() == raw_bytes
+    assert allocation.mean_bits == pytest.approx(13 / 4)
+
+
+def test_allocations_are_checked_on_both_sides():
+    x = relu6_activation((3, 3, 5))
+    lo, hi = np.zeros(5, np.float32), np.full(5, 6.0, np.float32)
+    allocation = ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2, 3, 4]))
+    plain = ChannelRanges(lo=lo, hi=hi)
+    assert plain.reference != allocation.reference and plain.mean_bits is None
+    other = ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2, 3, 5]))
+    assert other.reference != allocation.reference
+    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation)
+    with pytest.raises(PackingError, match="pass an allocation"):
+        packing.unpack(payload, ranges=plain)
+    with pytest.raises(PackingError, match="pass the same"):
+        packing.unpack(payload)
+    with pytest.raises(PackingError, match="reference mismatch"):
+        packing.unpack(payload, ranges=other)
+    with pytest.raises(PackingError, match="plain ranges"):
+        packing.unpack(packing.pack(x, 4, ranges=plain), ranges=allocation)
+    for bad in (dict(), dict(ranges=plain), dict(ranges=allocation, layout="channel-bytes"),
+                dict(ranges=allocation, params="tensor")):
+        with pytest.raises(PackingError):
+            packing.pack(x, packing.MIXED_BITS, **bad)
+    with pytest.raises(PackingError, match="only at bits=1"):
+        packing.pack(x, 4, ranges=allocation)
+    with pytest.raises(PackingError, match="allocation bits"):
+        ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2, 3, 9]))
+    with pytest.raises(PackingError, match="allocation bits"):
+        ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2]))
+    assert ChannelRanges.from_json(allocation.to_json()) == allocation
+    assert ChannelRanges.from_json(plain.to_json()) != allocation
+    assert packing.variant_kwargs("allocated", packing.MIXED_BITS, allocation) == {"ranges": allocation}
+    with pytest.raises(PackingError, match="allocated"):
+        packing.variant_kwargs("allocated", packing.MIXED_BITS, plain)
+
+
+def test_mixed_bits_header_must_say_allocated_and_back():
+    x = relu6_activation((3, 3, 5))
+    allocation = ChannelRanges(lo=np.zeros(5), hi=np.full(5, 6.0), bits=np.array([0, 1, 2, 3, 4]))
+    payload = bytearray(packing.pack(x, packing.MIXED_BITS, ranges=allocation))
+    payload[7] = packing.PARAMS_TAGS["calibrated"]
+    with pytest.raises(PackingError, match="inconsistent"):
+        packing.read_header(reseal(bytes(payload)))
+    calibrated = bytearray(packing.pack(x, 2, ranges=ChannelRanges(lo=np.zeros(5), hi=np.full(5, 6.0))))
+    calibrated[7] = packing.PARAMS_TAGS["allocated"]
+    with pytest.raises(PackingError, match="inconsistent"):
+        packing.read_header(reseal(bytes(calibrated)))

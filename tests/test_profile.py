@@ -44,14 +44,14 @@ def image_folder(tmp_path_factory):
 @pytest.mark.slow
 def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
     result = run_module("converter.profile", str(tiny_bundle), "--data", str(image_folder),
-                        "--no-progress")
+                        "--no-progress", "--allocate", "all")
     assert result.returncode == 0, result.stderr
     profile = json.loads((tiny_bundle / "profile.json").read_text())
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     heads = [s["name"] for s in manifest["splits"] if s["head"]]
     assert profile["version"] == 1 and profile["model_sha256"] == manifest["model"]["sha256"]
     assert {(c["split"], c["bits"]) for c in profile["configs"]} == {
-        (s, b) for s in heads for b in (2, 3, 4, 5, 6, 8, 16, 32)}
+        (s, b) for s in heads for b in (1, 2, 3, 4, 5, 6, 8, 16, 32)}
     for c in profile["configs"]:
         assert c["bytes_mean"] > 0 and c["bytes_p95"] >= c["bytes_mean"] * 0.5
         if c["bits"] == 32:  # lossless: same answers as the float model
@@ -64,6 +64,20 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
     assert profile["jpeg"]["encode_ms"] > 0 and profile["jpeg"]["decode_ms"] > 0
     calibration = json.loads((tiny_bundle / "calibration.json").read_text())
     assert set(calibration["splits"]) == set(heads)
+    # bits=1: each split's per-channel allocation, with how its budget was chosen
+    from edge_runtime.calibration import load_calibration
+    from edge_runtime.manifest import load_manifest
+
+    allocations = load_calibration(tiny_bundle, load_manifest(tiny_bundle), "allocated")
+    assert set(allocations) == set(heads)
+    for s in heads:
+        chosen = calibration["splits"][s]["allocation"]
+        assert chosen["tried"] and chosen["mean_bits"] == pytest.approx(allocations[s].mean_bits)
+        assert 0 <= chosen["target_agreement"] <= 1 and len(chosen["tried"]) <= 5
+        row = by[(s, 1)]
+        assert row["params"] == "allocated" and row["mean_bits"] == pytest.approx(allocations[s].mean_bits)
+        # whatever budget won, fewer bits per value than 8-bit uniform spend fewer bytes
+        assert row["bytes_mean"] < by[(s, 8)]["bytes_mean"]
     assert (tiny_bundle / "pareto.png").stat().st_size > 10_000
 
 

@@ -44,7 +44,8 @@ from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 
 from edge_runtime.manifest import load_manifest
-from edge_runtime.packing import BITS, LAYOUT_TAGS, PARAMS_TAGS, ChannelRanges, pack
+from edge_runtime.calibration import load_calibration
+from edge_runtime.packing import BITS, LAYOUT_TAGS, MIXED_BITS, PARAMS_TAGS, pack
 from tests.servers import CloudProcess
 
 TOKEN = "fz-" + os.urandom(12).hex()
@@ -96,7 +97,7 @@ class Wire:
         at += n
         shape = list(struct.unpack_from(f"<{ndim}I", data, at))
         at += 4 * ndim
-        ref = data[at:at + 8] if params == PARAMS_TAGS["calibrated"] else b""
+        ref = data[at:at + 8] if params in (PARAMS_TAGS["calibrated"], PARAMS_TAGS["allocated"]) else b""
         at += len(ref)
         body_len, _, _ = struct.unpack_from("<III", data, at)
         body = data[at + 12:]
@@ -532,8 +533,8 @@ def pool(server) -> Pool:
 
     bundle = server.bundle
     manifest = load_manifest(bundle)
-    cal = json.loads((bundle / "calibration.json").read_text())["splits"]
-    ranges = {k: ChannelRanges.from_json(v) for k, v in cal.items()}
+    ranges = load_calibration(bundle, manifest)
+    allocations = load_calibration(bundle, manifest, "allocated")
     rng = np.random.default_rng(0)
     images = [rng.uniform(0, 255, manifest.model.input_shape).astype(np.float32) for _ in range(2)]
     payloads = []
@@ -554,6 +555,8 @@ def pool(server) -> Pool:
                     if s.name in ranges:
                         payloads.append(pack(act, bits, ranges=ranges[s.name], **kw))
                         payloads.append(pack(act[None], bits, ranges=ranges[s.name], **kw))
+                if s.name in allocations:
+                    payloads.append(pack(act, MIXED_BITS, ranges=allocations[s.name], **kw))
     bombs = [bomb(1 << 30), bomb(64 << 20), bomb(4 << 20, quality=1)]
     return Pool(payloads, manifest.split_names, manifest.model.sha256, bombs,
                 _images(manifest.model.input_shape))
@@ -596,7 +599,8 @@ def test_fuzzed_requests_get_4xx_never_5xx_and_memory_stays_bounded(server, pool
 
     # Rare codes must not hang on the seed: one explicit example with a wrong calibration
     # reference on calibrated payloads (the only way to reach calibration_mismatch).
-    calibrated = [i for i, p in enumerate(pool.payloads) if Wire.parse(p).params == PARAMS_TAGS["calibrated"]]
+    calibrated = [i for i, p in enumerate(pool.payloads)
+                  if Wire.parse(p).params in (PARAMS_TAGS["calibrated"], PARAMS_TAGS["allocated"])]
     wrong_ref = [("field", calibrated[k % len(calibrated)], [("ref", bytes(8))]) for k in range(PER_EXAMPLE)]
 
     @seed(FUZZ_SEED)
