@@ -444,3 +444,17 @@ def test_probes_grow_until_one_is_long_enough_to_measure_the_link():
     # measured: back to sizing by the estimate alone (no growth factor)
     by_estimate = max(s.bandwidth.estimate_bps * s.p.probe_net_s / 8, s.p.probe_bytes)
     assert s.probe_bytes() == int(min(by_estimate, s.p.probe_max_bytes))
+
+
+def test_one_or_two_packet_uploads_cannot_raise_the_estimate_alone():
+    b = BandwidthEstimator()
+    b.add(0.0, 12_000, 0.096 + 0.043, rtt_s=0.043)   # 1 Mbit/s, measured
+    for i in range(20):  # 1.1 kB frames through a token bucket's burst: 1 ms past the RTT
+        b.add(3.0 + 0.05 * i, 1100, 0.044, rtt_s=0.043)
+    assert b.estimate_bps == pytest.approx(1e6, rel=1e-6)   # not 8.8 Mbit/s
+    for i in range(3):   # 6 kB JPEGs crossing in 2 ms: a faster link, proven
+        b.add(5.0 + 0.05 * i, 6000, 0.045, rtt_s=0.043)
+    assert b.estimate_bps > 10e6
+    first = BandwidthEstimator()
+    first.add(0.0, 1100, 0.044, rtt_s=0.043)   # nothing else known: even a tiny one is a guess
+    assert first.estimate_bps == pytest.approx(1100 * 8 / 1e-3)
