@@ -36,6 +36,8 @@ def pack_dense(symbols: np.ndarray, bits: int) -> bytes:
     n = sym.size
     if bits == 8:
         return sym.tobytes()
+    if bits == 1:
+        return np.packbits(sym & 1).tobytes()
     if bits == 4:
         return _pack_nibbles(sym)
     if bits == 2:
@@ -62,6 +64,8 @@ def unpack_dense(data: bytes | memoryview, n: int, bits: int) -> np.ndarray:
         raise ValueError(f"dense stream holds {raw.size} bytes, expected {dense_nbytes(n, bits)}")
     if bits == 8:
         return raw.copy()
+    if bits == 1:
+        return np.unpackbits(raw, count=n)
     if bits == 4:
         return _unpack_nibbles(raw, n)
     if bits == 2:

@@ -504,33 +504,71 @@ def _pack_allocated(arr: np.ndarray, allocation: ChannelRanges | None, layout: s
                      index, sha, name, ref, body)
 
 
-def _width_groups(widths: np.ndarray) -> list[tuple[int, np.ndarray]]:
-    """(width, channel indices) for every width > 0 in use, narrowest first (the wire order)."""
-    return [(w, idx) for w in range(1, MAX_CHANNEL_BITS + 1)
-            if (idx := np.flatnonzero(widths == w)).size]
+@dataclass(frozen=True)
+class _WidthGroup:
+    width: int
+    channels: np.ndarray  # indices, ascending
+    lo: np.ndarray  # (n,) float32
+    scale: np.ndarray  # (n,) float32, rounded up like every other mode
 
 
-def _allocated_params(allocation: ChannelRanges, idx: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    levels = (1 << width) - 1
-    lo = allocation.lo[idx]
-    scale = _round_up((allocation.hi[idx].astype(np.float64) - lo.astype(np.float64)) / levels, np.float32)
-    _check_params_finite(lo, scale, levels, f"allocation ({width}-bit channels)")
-    return lo, scale
+def _width_groups(allocation: ChannelRanges) -> list[_WidthGroup]:
+    """Every width > 0 in use, narrowest first (the wire order), with its channels' lo/scale.
+
+    Computed once per allocation (it is immutable) and kept on it: the late splits that use
+    allocations are small, so per-call setup would be most of the pack time."""
+    groups = allocation.__dict__.get("_width_groups")
+    if groups is None:
+        groups = []
+        for w in range(1, MAX_CHANNEL_BITS + 1):
+            idx = np.flatnonzero(allocation.bits == w)
+            if not idx.size:
+                continue
+            lo = allocation.lo[idx]
+            scale = _round_up((allocation.hi[idx].astype(np.float64) - lo.astype(np.float64))
+                              / ((1 << w) - 1), np.float32)
+            _check_params_finite(lo, scale, (1 << w) - 1, f"allocation ({w}-bit channels)")
+            groups.append(_WidthGroup(w, idx, lo, scale))
+        object.__setattr__(allocation, "_width_groups", groups)
+    return groups
 
 
 def _allocated_section(flat: np.ndarray, allocation: ChannelRanges) -> bytes:
     """Per width w (1..8, narrowest first): its channels' symbols, channel-major, w-bit dense.
-    0-bit channels send nothing."""
-    parts = []
-    for width, idx in _width_groups(allocation.bits):
-        lo, scale = _allocated_params(allocation, idx, width)
-        symbols = _quantize_2d(flat[:, idx], lo, scale, width)
-        parts.append(_bitpack.pack_dense(np.ascontiguousarray(symbols.T).reshape(-1), width))
+    0-bit channels send nothing. One quantization pass over all sent channels (in wire order),
+    then one bit-packing call per width."""
+    groups = _width_groups(allocation)
+    if not groups:
+        return b""
+    order, lo, scale, top = allocation.__dict__.get("_wire_order") or _wire_order(allocation, groups)
+    live = scale > 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        t = flat[:, order] - lo
+        t /= np.where(live, scale, np.float32(1))
+    if not live.all():
+        t[:, ~live] = 0
+    np.rint(t, out=t)
+    np.clip(t, 0, top, out=t)
+    symbols = t.astype(np.uint8).T  # (sent channels, rows)
+    parts, at = [], 0
+    for g in groups:
+        n = g.channels.size
+        parts.append(_bitpack.pack_dense(np.ascontiguousarray(symbols[at:at + n]).reshape(-1), g.width))
+        at += n
     return b"".join(parts)
 
 
+def _wire_order(allocation: ChannelRanges, groups: list[_WidthGroup]) -> tuple:
+    """Sent channels in wire order with their lo, scale and top symbol (kept on the allocation)."""
+    plan = (np.concatenate([g.channels for g in groups]), np.concatenate([g.lo for g in groups]),
+            np.concatenate([g.scale for g in groups]),
+            np.concatenate([np.full(g.channels.size, (1 << g.width) - 1, np.float32) for g in groups]))
+    object.__setattr__(allocation, "_wire_order", plan)
+    return plan
+
+
 def _allocated_nbytes(rows: int, allocation: ChannelRanges) -> int:
-    return sum(_bitpack.dense_nbytes(rows * idx.size, w) for w, idx in _width_groups(allocation.bits))
+    return sum(_bitpack.dense_nbytes(rows * g.channels.size, g.width) for g in _width_groups(allocation))
 
 
 def _decode_allocated(raw: bytes, header: Header, allocation: ChannelRanges) -> np.ndarray:
@@ -539,13 +577,12 @@ def _decode_allocated(raw: bytes, header: Header, allocation: ChannelRanges) -> 
     zero = np.flatnonzero(allocation.bits == 0)
     out[:, zero] = allocation.lo[zero]
     at = 0
-    for width, idx in _width_groups(allocation.bits):
-        n = rows * idx.size
-        nbytes = _bitpack.dense_nbytes(n, width)
-        seq = _bitpack.unpack_dense(raw[at:at + nbytes], n, width)
+    for g in _width_groups(allocation):
+        n = rows * g.channels.size
+        nbytes = _bitpack.dense_nbytes(n, g.width)
+        seq = _bitpack.unpack_dense(raw[at:at + nbytes], n, g.width)
         at += nbytes
-        lo, scale = _allocated_params(allocation, idx, width)
-        out[:, idx] = _dequantize_2d(seq.reshape(idx.size, rows).T, lo, scale)
+        out[:, g.channels] = _dequantize_2d(seq.reshape(g.channels.size, rows).T, g.lo, g.scale)
     return out.reshape(header.shape)
 
 
