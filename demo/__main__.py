@@ -116,15 +116,16 @@ FAST_BUNDLE = REPO / "build" / "fashion-fast"
 
 def choose_bundle(args) -> None:
     """Fill in --bundle, --max-splits and --profile-limit: the full bundle when it is built from
-    this source and profiled on enough images (--fast reuses it too), else what to build."""
+    this source and profiled on enough images (--fast reuses it too), else what to build.
+    --fast never re-profiles a bundle measured on at least FAST_PROFILE_IMAGES images."""
     fast_default = args.fast and args.bundle is None and not bundle_is_ready(
         DEFAULT_BUNDLE, source_fingerprint(args.source), FULL_PROFILE_IMAGES)
     if args.bundle is None:
         args.bundle = FAST_BUNDLE if fast_default else DEFAULT_BUNDLE
     if args.max_splits is None:
         args.max_splits = FAST_SPLITS if fast_default else FULL_SPLITS
-    if args.profile_limit is None:
-        args.profile_limit = FAST_PROFILE_IMAGES if fast_default else FULL_PROFILE_IMAGES
+    if args.profile_limit is None:  # a short run is content with a thinner profile
+        args.profile_limit = FAST_PROFILE_IMAGES if args.fast else FULL_PROFILE_IMAGES
 
 
 def bundle_is_ready(bundle: Path, fingerprint: str, min_images: int) -> bool:

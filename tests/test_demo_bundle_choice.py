@@ -38,7 +38,13 @@ def test_fast_with_nothing_built_builds_the_small_bundle(bundles):
 def test_fast_reuses_a_ready_full_bundle(bundles):
     full, _ = bundles
     make_bundle(full)
-    assert chosen(["--fast"]) == (full, demo.FULL_SPLITS, demo.FULL_PROFILE_IMAGES)
+    assert chosen(["--fast"]) == (full, demo.FULL_SPLITS, demo.FAST_PROFILE_IMAGES)
+
+
+def test_fast_on_a_given_bundle_is_content_with_a_fast_profile(bundles, tmp_path):
+    mine = tmp_path / "mine"
+    assert chosen(["--fast", "--bundle", str(mine)]) == (mine, demo.FULL_SPLITS, demo.FAST_PROFILE_IMAGES)
+    assert chosen(["--bundle", str(mine)]) == (mine, demo.FULL_SPLITS, demo.FULL_PROFILE_IMAGES)
 
 
 @pytest.mark.parametrize("kind", ["stale", "thin", "no_device_profile"])
