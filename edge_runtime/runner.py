@@ -108,6 +108,11 @@ class EdgeRuntime:
         self.calibration = load_calibration(self.bundle, self.manifest)
         self.allocations = load_calibration(self.bundle, self.manifest, kind="allocated")
         self._params = _packing_params(self.bundle, self.profile)
+        unallocated = sorted({s for (s, _), p in self._params.items() if p == "allocated"} - set(self.allocations))
+        if unallocated:
+            raise BundleError(f"{self.bundle / 'profile.json'} has per-channel (bits 1) configurations for "
+                              f"{unallocated} but calibration.json has no allocation for them; rerun "
+                              "python -m converter.profile")
         if config.policy != "device" and cloud_url is None:
             raise ValueError(f"policy={config.policy} needs --cloud URL.")
         if config.policy == "fixed":

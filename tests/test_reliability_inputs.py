@@ -420,3 +420,17 @@ def test_a_malformed_labels_file_is_refused_in_one_line(profiled_bundle, tmp_pat
     (folder / "labels.csv").write_text("file,label\na.png,cat\n")
     code, err = _edge(profiled_bundle[0], folder, capsys)
     assert code == 2 and "labels.csv:2" in one_error_line(err)
+
+
+def test_a_profile_naming_allocations_that_calibration_lacks_is_refused_by_the_edge(
+        profiled_bundle, tmp_path, capsys):  # noqa: F811
+    bundle = tmp_path / "unallocated"
+    shutil.copytree(profiled_bundle[0], bundle)
+    profile = json.loads((bundle / "profile.json").read_text())
+    allocated = sorted({c["split"] for c in profile["configs"] if c.get("params") == "allocated"})
+    assert allocated, "the tiny bundle's profile has per-channel configurations"
+    _json_edit("calibration.json", lambda d: {**d, "splits": {
+        k: {kk: vv for kk, vv in v.items() if kk != "allocated"} for k, v in d["splits"].items()}})(bundle)
+    code, err = _edge(bundle, profiled_bundle[1], capsys)
+    assert code == 2 and "no allocation" in err and allocated[0] in err, err
+    assert "Traceback" not in err
