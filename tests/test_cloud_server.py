@@ -315,6 +315,16 @@ def test_every_error_status_over_http_and_the_server_keeps_serving(eager, local)
     assert 'splitinfer_requests_total{endpoint="/v1/infer",status="409",pid="' in metrics
 
 
+def test_oversized_bodies_get_their_413_not_a_reset(eager):
+    """The server reads (and drops) a bounded amount of an oversized body before answering, so
+    the client reads the 413 instead of a connection reset; then a new connection serves on."""
+    s = eager.session()
+    for n in (MAX_BODY + 1, 2 * MAX_BODY, 16 * MAX_BODY):
+        for _ in range(5):
+            _err(s.post(eager.url + "/v1/infer", data=b"\0" * n), 413, "payload_too_large")
+    assert s.get(eager.url + "/healthz").json()["status"] == "ok"
+
+
 def test_models_and_readyz_say_what_is_served_and_where(eager):
     s = eager.session()
     models = s.get(eager.url + "/v1/models").json()
