@@ -233,7 +233,7 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
     split = manifest.split(config["split"])
     bits = config["bits"]
     params = config.get("params", "frame")
-    calibrated = params in ("calibrated", "allocated")
+    calibrated = params in packing.REFERENCED_PARAMS
     ranges = split_ranges(bundle, split.name, "allocated" if params == "allocated" else "ranges") \
         if calibrated else None
     variant = packing.variant_kwargs(params, bits, ranges)

@@ -25,7 +25,7 @@ from cloud_runtime.metrics import CONTENT_TYPE, ServerMetrics
 from cloud_runtime.registry import ModelRegistry, ServedModel
 from cloud_runtime.service import InferenceService
 from edge_runtime.manifest import INPUT_SPLIT, Split
-from edge_runtime.packing import read_header, unpack
+from edge_runtime.packing import REFERENCED_PARAMS, read_header, unpack
 
 BUNDLES_ENV = "SPLITINFER_BUNDLES"
 EXTENSION = "splitinfer"
@@ -221,7 +221,7 @@ def _parse_k(default: int) -> int:
 
 
 def _calibration_for(model: ServedModel, split: Split, header):
-    if header.params not in ("calibrated", "allocated"):
+    if header.params not in REFERENCED_PARAMS:
         return None
     served = model.allocations if header.params == "allocated" else model.calibration
     what = "a per-channel allocation" if header.params == "allocated" else "calibrated ranges"

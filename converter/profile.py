@@ -35,7 +35,7 @@ ALLOCATION_BUDGETS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 ALLOCATION_AGREEMENT = 0.97
 #: `--allocate vectors` (the default) allocates only 1-D splits (pooled features): measured on
 #: the default model (100 scenes), the allocation saved 43 % of the bytes at the pooled vector
-#: (162 vs 282 B at 2 bits, no accuracy lost) but never beat the uniform variants on the 5
+#: (162 vs 282 B at 2 bits, no accuracy lost) but never beat the uniform variants on the 4
 #: spatial splits tried (brotli's spatial context does better there), at ~8 s of profiling each.
 ALLOCATE_CHOICES = ("vectors", "all", "none")
 # A variant with fewer bytes replaces the most accurate one only if it costs at most this much.
@@ -262,7 +262,7 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allo
                     **packing.variant_kwargs(params, bits, own),
                 )
                 t1 = time.perf_counter()
-                decoded[i] = packing.unpack(payload, ranges=own if params in ("calibrated", "allocated") else None)
+                decoded[i] = packing.unpack(payload, ranges=own if params in packing.REFERENCED_PARAMS else None)
                 t2 = time.perf_counter()
                 m["bytes"].append(len(payload))
                 m["pack_s"].append(t1 - t0)

@@ -176,7 +176,7 @@ QUANTIZED_PARAMS: tuple[str, ...] = ("channel-f16", "channel-q8", "tensor", "cal
 #: by width.
 MIXED_BITS = 1
 MAX_CHANNEL_BITS = 8
-_REFERENCED_PARAMS = ("calibrated", "allocated")  # the header carries a calibration reference
+REFERENCED_PARAMS = ("calibrated", "allocated")  # the header carries a calibration reference
 
 #: Best layout per bit width, measured by benchmarks/packing_layouts.py (smallest total bytes
 #: over MobileNetV2- and ResNet50-like activations, post-ReLU and post-BN alike).
@@ -638,7 +638,7 @@ def read_header(data: bytes | bytearray | memoryview) -> Header:
         )
     if ndim > MAX_NDIM:
         raise PackingError(f"ndim {ndim} at offset 9 exceeds the maximum of {MAX_NDIM}")
-    calibrated = params_tag in {PARAMS_TAGS[m] for m in _REFERENCED_PARAMS}
+    calibrated = params_tag in {PARAMS_TAGS[m] for m in REFERENCED_PARAMS}
     dims_at = _FIXED.size + name_len
     ref_at = dims_at + 4 * ndim
     tail_at = ref_at + (CALIBRATION_REF_BYTES if calibrated else 0)
