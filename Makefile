@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATASET_DIR := /usr/share/datasets/fashion-mnist
-DEBIAN_PACKAGES := dataset-fashion-mnist iproute2
+DEBIAN_PACKAGES := dataset-fashion-mnist iproute2 openssl
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONDONTWRITEBYTECODE := 1
 

@@ -19,6 +19,8 @@ from werkzeug.exceptions import HTTPException
 from cloud_runtime.backend import TailBackend, make_backend
 from cloud_runtime.buckets import bucket_sizes
 from cloud_runtime.config import ServerConfig
+from cloud_runtime.connection import (LINGER_MAX_S, BodyTimedOut, Watchdog, end_after_answer,
+                                      read_body)
 from cloud_runtime.errors import (BadPayload, BadRequest, BodyTimeout, CalibrationMismatch,
                                   Unauthorized, UnknownSplit, register_error_handlers)
 from cloud_runtime.metrics import CONTENT_TYPE, ServerMetrics
@@ -29,6 +31,7 @@ from edge_runtime.packing import REFERENCED_PARAMS, read_header, unpack
 
 BUNDLES_ENV = "SPLITINFER_BUNDLES"
 EXTENSION = "splitinfer"
+WATCHDOG = "splitinfer.body_deadlines"
 OPEN_ENDPOINTS = frozenset({"healthz"})
 IMAGE_FORMATS = ("JPEG", "PNG")
 
@@ -53,6 +56,7 @@ def create_app(config: ServerConfig | None = None, *, backend: TailBackend | Non
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.extensions[EXTENSION] = service
+    app.extensions[WATCHDOG] = Watchdog()
     register_error_handlers(app)
     _install_hooks(app, config)
     _register_views(app)
@@ -78,6 +82,8 @@ def _install_hooks(app: Flask, config: ServerConfig) -> None:
     @app.before_request
     def _start_and_authenticate():
         g.t0 = time.perf_counter()
+        g.body_read = False
+        _service().metrics.request_started()
         sock = request.environ.get("gunicorn.socket")
         if sock is not None:
             # A client that stops sending mid-body must not hold a worker thread for ever.
@@ -92,11 +98,25 @@ def _install_hooks(app: Flask, config: ServerConfig) -> None:
         return None
 
     @app.after_request
-    def _count(response: Response):
+    def _count_and_end(response: Response):
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         t0 = g.get("t0", time.perf_counter())
-        _service().metrics.observe_request(rule, response.status_code, time.perf_counter() - t0)
+        metrics = _service().metrics
+        metrics.observe_request(rule, response.status_code, time.perf_counter() - t0)
+        if _has_body() and not g.get("body_read", False):
+            # Answered before the body was read: the rest of it must not hold the connection.
+            # A stalled body (408) has nothing to drain; a refused one may still be arriving.
+            linger_s = 0.0 if response.status_code == BodyTimeout.status else LINGER_MAX_S
+            end = end_after_answer(request.environ, linger_s=linger_s)
+            if end is not None:
+                response.call_on_close(end)
+        response.call_on_close(metrics.request_finished)
         return response
+
+
+def _has_body() -> bool:
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return chunked or bool(request.content_length)
 
 
 # ---- views ----------------------------------------------------------------------------------
@@ -192,18 +212,22 @@ def _register_views(app: Flask) -> None:
 
 def _read_body() -> bytes:
     """The request body; how long it took to arrive is upload time, not server time."""
+    config = _service().config
     t0 = time.perf_counter()
     try:
-        body = request.get_data(cache=False)
-    except HTTPException as e:
-        if isinstance(e.__context__, TimeoutError):  # werkzeug reports a socket timeout as 400
-            timeout = _service().config.read_timeout_s
-            raise BodyTimeout(f"request body stalled for {timeout:g} s before it was complete; "
-                              "the connection is closed (resend it)") from None
+        body = read_body(request.stream.read, request.environ.get("gunicorn.socket"),
+                         read_timeout_s=config.read_timeout_s, deadline_s=config.body_deadline_s,
+                         watchdog=current_app.extensions[WATCHDOG])
+    except BodyTimedOut as e:
+        how = "was not complete within the body deadline of" if e.deadline else "stalled for"
+        raise BodyTimeout(f"request body {how} {e.seconds:g} s; the connection is closed "
+                          "(resend it, or raise --body-deadline-s for slow links)") from None
+    except HTTPException:
         raise  # 413 and friends keep their status
     except Exception as e:  # the WSGI server's parser (a malformed chunked body, a cut stream)
         raise BadRequest(f"malformed request body: {type(e).__name__}: {str(e)[:200]}") from None
     g.receive_s = time.perf_counter() - t0
+    g.body_read = True
     return body
 
 

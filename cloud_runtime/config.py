@@ -37,9 +37,20 @@ class ServerConfig:
     backend: str = "keras"
     request_timeout_s: float = 30.0
     read_timeout_s: float = 5.0  # longest silence while a request arrives; frees stalled threads
+    body_deadline_s: float = 10.0  # the whole body within this, however slowly it trickles
     retry_after_s: int = 1
     default_k: int = 5
     fault_injection: bool = False  # POST /v1/_faults (cloud_runtime.faults); tests only
+    certfile: str | None = None  # TLS: the server's certificate chain (PEM), with keyfile
+    keyfile: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def resolved(self) -> "ServerConfig":
         """A copy with every None filled in and every value checked (ConfigError otherwise)."""
@@ -74,9 +85,50 @@ class ServerConfig:
             raise ConfigError(f"request_timeout_s must be > 0. Received: {self.request_timeout_s!r}")
         if not self.read_timeout_s > 0:
             raise ConfigError(f"read_timeout_s must be > 0. Received: {self.read_timeout_s!r}")
+        if not self.body_deadline_s > 0:
+            raise ConfigError(f"body_deadline_s must be > 0. Received: {self.body_deadline_s!r}")
         if self.load not in LOAD_MODES:
             raise ConfigError(f"load must be one of {LOAD_MODES}. Received: load={self.load!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}. Received: backend={self.backend!r}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ConfigError("TLS needs both --certfile and --keyfile. Received: "
+                              f"certfile={self.certfile!r}, keyfile={self.keyfile!r}")
+        if self.tls:
+            _check_tls_files(self.certfile, self.keyfile)
         if not self.bundles:
             raise ConfigError("No bundle to serve: pass --bundle DIR (a directory from python -m converter).")
+
+
+def _check_tls_files(certfile: str, keyfile: str) -> None:
+    """Load the pair once, so a wrong path or a key that does not match fails in one line
+    before any worker starts."""
+    import ssl
+
+    for name, path in (("certfile", certfile), ("keyfile", keyfile)):
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name} {path} is not a file; pass a PEM file")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise ConfigError(f"cannot use certfile {certfile} with keyfile {keyfile}: {e}; pass the "
+                          "server's PEM certificate chain and its matching private key") from None
+
+
+def token_warning(config: ServerConfig) -> str | None:
+    """What to tell an operator whose bearer token would cross a network in clear text."""
+    if not config.auth_enabled or config.tls or _is_loopback(config.host):
+        return None
+    return (f"the bearer token would cross the network in clear text on {config.url}: serve with "
+            "--certfile/--keyfile (tokens must only travel over TLS)")
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -6,9 +6,8 @@ unexpected is logged here with its traceback and answered as a generic 500.
 from __future__ import annotations
 
 import logging
-import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from edge_runtime.packing import PackingError
@@ -38,10 +37,6 @@ class BadPayload(ApiError):
 
 class BodyTimeout(ApiError):
     status, code = 408, "body_timeout"
-
-    def __init__(self, message: str):
-        # The WSGI server closes the connection itself: the body it was reading has failed.
-        super().__init__(message)
 
 
 class Unauthorized(ApiError):
@@ -86,11 +81,6 @@ class TailFailed(ApiError):
 
 
 #: werkzeug's own errors (routing, body size) keep their status; these are their codes.
-# How much of an oversized body the server reads and drops before answering 413 (see _linger):
-# enough for uploads a little over --max-body-bytes; beyond it a reset is the client's answer.
-LINGER_MAX_BYTES = 8 << 20
-LINGER_MAX_S = 1.0
-
 HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -135,41 +125,7 @@ def register_error_handlers(app: Flask) -> None:
         for key, value in e.get_headers():
             if key.lower() != "content-type":
                 resp.headers[key] = value
-        if status == 413:
-            # The unread body is still on the wire: this connection cannot carry another request.
-            resp.headers["Connection"] = "close"
-            _linger(request.environ)
         return resp
-
-    def _linger(environ: dict) -> None:
-        """Read and drop what the client is still sending (a bounded amount, briefly) before the
-        413 goes out: closing a socket with unread data resets the connection, and the client
-        would see a reset instead of the answer (seen as RemoteDisconnected in requests)."""
-        stream = environ.get("wsgi.input")
-        if stream is None:
-            return
-        sock = environ.get("gunicorn.socket")
-        before = sock.gettimeout() if sock is not None else None
-        left, deadline = LINGER_MAX_BYTES, time.monotonic() + LINGER_MAX_S
-        try:
-            while left > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                if sock is not None:  # a silent client ends the linger, not the read timeout
-                    sock.settimeout(remaining)
-                chunk = stream.read(min(65536, left))
-                if not chunk:
-                    return
-                left -= len(chunk)
-        except Exception:  # noqa: BLE001 - a broken or stalled upload: nothing more to save
-            return
-        finally:
-            if sock is not None:
-                try:
-                    sock.settimeout(before)  # the answer goes out under the usual timeout
-                except OSError:
-                    pass
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):

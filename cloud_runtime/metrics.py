@@ -171,6 +171,12 @@ class ServerMetrics:
             "splitinfer_queue_depth", "Requests waiting for a batch.", ("model", "split"),
             self._read_depths))
         self._ready: Callable[[], bool] = lambda: False
+        self._in_progress = 0
+        self._in_progress_lock = threading.Lock()
+        self.registry.add(Gauge(
+            "splitinfer_requests_in_progress",
+            "Requests holding a worker thread, until the answer is out and, when the body was "
+            "not read, the connection closed.", (), lambda: [((), float(self._in_progress))]))
         self.registry.add(Gauge(
             "splitinfer_ready", "1 when this worker serves (tails loaded per the load mode).", (),
             lambda: [((), 1.0 if self._ready() else 0.0)]))
@@ -184,6 +190,14 @@ class ServerMetrics:
     def _read_depths(self):
         for r in self._depth_readers:
             yield from r()
+
+    def request_started(self) -> None:
+        with self._in_progress_lock:
+            self._in_progress += 1
+
+    def request_finished(self) -> None:
+        with self._in_progress_lock:
+            self._in_progress -= 1
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.inc(endpoint, str(status))

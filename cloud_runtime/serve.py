@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from cloud_runtime.config import LOAD_MODES, TOKEN_ENV, ConfigError, ServerConfig
+from cloud_runtime.connection import forget_request, remember_request
+from cloud_runtime.config import LOAD_MODES, TOKEN_ENV, ConfigError, ServerConfig, token_warning
 from edge_runtime.manifest import BundleError
 
 PROG = "python -m cloud_runtime"
+LOADER_GRACE_S = 2.0  # how long a stopping worker waits for the tail being loaded
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -50,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s)
     p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s,
                    help="longest silence allowed while a request body arrives (then 408)")
+    p.add_argument("--body-deadline-s", type=float, default=d.body_deadline_s,
+                   help="the whole request body must arrive within this, however slowly it "
+                        "trickles (then 408 and the connection is closed)")
+    p.add_argument("--certfile", help="serve https: the server's certificate chain (PEM)")
+    p.add_argument("--keyfile", help="the private key of --certfile (PEM)")
     p.add_argument("--fault-injection", action="store_true",
                    help="testing only: enable POST /v1/_faults to make inference answer 5xx or "
                         "hang on purpose (see cloud_runtime/faults.py); never in production")
@@ -64,7 +72,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_delay_ms=args.max_delay_ms, max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, early_dispatch=args.early_dispatch, load=args.load,
         request_timeout_s=args.request_timeout_s, read_timeout_s=args.read_timeout_s,
-        fault_injection=args.fault_injection,
+        body_deadline_s=args.body_deadline_s,
+        fault_injection=args.fault_injection, certfile=args.certfile, keyfile=args.keyfile,
     ).resolved()
 
 
@@ -98,7 +107,12 @@ def _gunicorn_app(config: ServerConfig, log_level: str):
                 "proc_name": "splitinfer-cloud",
                 "control_socket_disable": True,  # one per user by default: servers would collide
                 "worker_exit": _worker_exit,
+                # the app marks a connection must-close when it answered without its body
+                "pre_request": remember_request,
+                "post_request": forget_request,
             }
+            if config.tls:  # gunicorn's own TLS; the app sees the same WSGI requests
+                settings.update(certfile=config.certfile, keyfile=config.keyfile)
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
@@ -111,11 +125,25 @@ def _gunicorn_app(config: ServerConfig, log_level: str):
 
 
 def _worker_exit(server, worker) -> None:
-    """Fail queued requests fast and release the backend when a worker stops."""
+    """Fail queued requests fast and release the backend when a worker stops.
+
+    A worker stopped while its tails still load would abort in Python's shutdown (TensorFlow's
+    native code on the loader thread); it waits a moment for the current tail, then leaves
+    without that shutdown.
+    """
     app = getattr(worker, "wsgi", None)
     service = getattr(app, "extensions", {}).get("splitinfer") if app is not None else None
-    if service is not None:
-        service.close()
+    if service is None:
+        return
+    service.close()
+    if service.busy(timeout_s=LOADER_GRACE_S):
+        logging.getLogger("cloud_runtime").info(
+            "worker %d stopped while loading tails; exiting without interpreter shutdown", os.getpid())
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,5 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), stream=sys.stderr,
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
+    log = logging.getLogger("cloud_runtime")
+    log.info("serving %d bundle(s) at %s%s", len(config.bundles), config.url,
+             " (TLS)" if config.tls else "")
+    warning = token_warning(config)
+    if warning is not None:
+        log.warning(warning)
     _gunicorn_app(config, args.log_level).run()
     return 0

@@ -53,6 +53,7 @@ class InferenceService:
         self._backend_start_s: float | None = None
         self.loads: dict[str, LoadRecord] = {}
         self._closed = False
+        self._loader: threading.Thread | None = None
         metrics.watch_ready(self.is_ready)
         metrics.watch_queues(self._queue_depths)
 
@@ -61,7 +62,8 @@ class InferenceService:
     def start(self, *, background: bool = True) -> None:
         """Start the backend (and load every tail in eager mode); readiness flips when done."""
         if background:
-            threading.Thread(target=self._start, name="tail-loader", daemon=True).start()
+            self._loader = threading.Thread(target=self._start, name="tail-loader", daemon=True)
+            self._loader.start()
         else:
             self._start()
 
@@ -71,7 +73,11 @@ class InferenceService:
             self.backend.start()
             self._backend_start_s = time.monotonic() - t0
             if self.config.load == "eager":
+                log.info("backend %s started on %s in %.2f s; loading %d tails", self.backend.name,
+                         self.backend.device, self._backend_start_s, len(self._tails))
                 for tail in self._tails.values():
+                    if self._closed:  # stopping: leave TensorFlow alone (see `busy`)
+                        return
                     self._load(tail, lazy=False)
             self._ready_after_s = time.monotonic() - self._started_at
             self._ready.set()
@@ -86,6 +92,18 @@ class InferenceService:
 
     def is_ready(self) -> bool:
         return self._ready.is_set() and not self._closed
+
+    def busy(self, timeout_s: float = 0.0) -> bool:
+        """Whether the loader thread is still inside TensorFlow after `timeout_s`.
+
+        A process that exits while a thread runs TensorFlow's native code aborts ("terminate
+        called after throwing an instance of ''", SIGABRT): the worker then exits at once.
+        """
+        loader = self._loader
+        if loader is None:
+            return False
+        loader.join(timeout_s)
+        return loader.is_alive()
 
     def close(self) -> None:
         self._closed = True

@@ -34,7 +34,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", help="emulate a slower board class (see python -m scheduler.simulate --list-devices)")
     p.add_argument("--threads", type=int, help="LiteRT threads (default: all cores)")
     p.add_argument("--max-heads", type=int, help="keep at most N heads loaded")
-    p.add_argument("--token", help="bearer token for the cloud (or SPLITINFER_TOKEN)")
+    p.add_argument("--token", help="bearer token for the cloud (or SPLITINFER_TOKEN); send it "
+                                   "over https only")
+    p.add_argument("--ca-cert", help="PEM file of the CA that signed an https cloud's certificate "
+                                     "(default: the system trust store)")
     p.add_argument("--jsonl", help="write one JSON line per frame here ('-' for stdout)")
     return p.parse_args(argv)
 
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
             policy=args.policy, split=args.split, bits=args.bits, objective=args.objective,
             slo_ms=args.slo_ms, max_drop_pp=args.max_drop_pp, device_class=args.device,
             num_threads=args.threads, max_heads=args.max_heads, camera_fps=args.fps,
-            token=args.token or os.environ.get("SPLITINFER_TOKEN"),
+            token=args.token or os.environ.get("SPLITINFER_TOKEN"), ca_cert=args.ca_cert,
         )
         runtime = EdgeRuntime(args.bundle, args.cloud, config)
         shape = runtime.manifest.model.input_shape
@@ -104,6 +107,9 @@ def main(argv=None) -> int:
     if out is not None:
         with (open(args.jsonl, "a") if out is not sys.stdout else _Stdout()) as f:
             f.write(json.dumps(summary) + "\n")
+    tls = next((e["error"] for e in runtime.events if e.get("kind") == "tls"), None)
+    if tls is not None:  # once, not per frame: the frames were finished on the device
+        print(f"edge: {tls}", file=sys.stderr)
     acc = summary["accuracy"]
     print(f"edge: {summary['frames']} frames, {summary['throughput_fps']} fps, "
           f"latency mean {summary['latency_ms_mean']} ms p95 {summary['latency_ms_p95']} ms, "

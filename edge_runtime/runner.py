@@ -46,6 +46,7 @@ class EdgeConfig:
     pipeline_depth: int = 4  # frames in flight between the stages
     senders: int = 2
     token: str | None = None
+    ca_cert: str | None = None  # PEM of a private CA for an https cloud (None: system store)
     camera_fps: float | None = None  # frame source rate (None: as fast as the pipeline goes)
     jpeg_quality: int = 90
 
@@ -128,7 +129,8 @@ class EdgeRuntime:
         self.client = None
         if cloud_url is not None and config.policy != "device":  # device-only never probes
             self.client = CloudClient(cloud_url, token=config.token, model=self.manifest.model.name,
-                                      model_sha256=self.manifest.model.sha256, before_send=before_send)
+                                      model_sha256=self.manifest.model.sha256, before_send=before_send,
+                                      ca_cert=config.ca_cert)
         self._device_lock = threading.Lock()
         self._sched_lock = threading.Lock()
         self._results: dict[int, FrameResult] = {}

@@ -7,8 +7,10 @@ time (what the bandwidth estimator needs) is the elapsed time minus the server's
 """
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import requests
@@ -22,7 +24,7 @@ class CloudError(Exception):
 
     def __init__(self, kind: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.kind = kind  # unreachable | timeout | server | rejected
+        self.kind = kind  # unreachable | timeout | server | rejected | tls
         self.status = status
 
     @property
@@ -50,6 +52,26 @@ class CloudAnswer:
         return max(self.elapsed_s - busy / 1e3, 1e-6)
 
 
+def system_trust_store() -> str | bool:
+    """The operating system's CA bundle (what a board's admin manages), else requests' own."""
+    cafile = ssl.get_default_verify_paths().cafile
+    return cafile if cafile and Path(cafile).is_file() else True
+
+
+def tls_error(url: str, e: Exception) -> CloudError:
+    """One line that says what failed and the fix, from urllib3's nested SSL error."""
+    reason = e
+    while reason.__cause__ is not None or reason.__context__ is not None:
+        reason = reason.__cause__ or reason.__context__
+    text = str(reason) if isinstance(reason, ssl.SSLError) else str(e)
+    for marker in ("certificate verify failed: ", "SSL: "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    text = text.split(" (_ssl.c")[0].strip(" ')\"]")
+    return CloudError("tls", f"TLS with {url} failed: {text}; if the cloud uses a private CA, "
+                             "pass --ca-cert FILE (plain http is never tried instead)")
+
+
 class CloudClient:
     """Talks to one cloud_runtime service."""
 
@@ -61,15 +83,25 @@ class CloudClient:
         model: str | None = None,
         model_sha256: str | None = None,
         before_send: Callable[[int, float], None] | None = None,
+        ca_cert: str | None = None,
     ) -> None:
         """`before_send(nbytes, timeout_s)` runs before each upload: an emulated link's hook. It
-        may sleep (its time counts against the request's timeout) or raise CloudError."""
+        may sleep (its time counts against the request's timeout) or raise CloudError.
+
+        An https:// cloud is verified against `ca_cert` (a PEM file: a private CA) or else the
+        system's trust store. A URL is used as given: never downgraded to plain http.
+        """
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Expected an http(s):// URL for the cloud. Received: {base_url!r}")
+        if ca_cert is not None and not Path(ca_cert).is_file():
+            raise ValueError(f"--ca-cert {ca_cert} is not a file; pass the PEM file of the CA "
+                             "that signed the cloud's certificate")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.before_send = before_send
         self._session = requests.Session()
+        # Passed with each request: requests lets $REQUESTS_CA_BUNDLE override a session's verify.
+        self._verify = ca_cert or system_trust_store()
         adapter = HTTPAdapter(max_retries=0, pool_connections=4, pool_maxsize=16)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -97,7 +129,9 @@ class CloudClient:
         t0 = time.perf_counter()
         timeout_s = self._emulated_link(0, timeout_s, t0)
         try:
-            r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s)
+            r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s, verify=self._verify)
+        except requests.exceptions.SSLError as e:
+            raise tls_error(self.base_url, e) from e
         except requests.Timeout as e:
             raise CloudError("timeout", f"no answer to /healthz within {timeout_s:.2f} s") from e
         except requests.RequestException as e:
@@ -133,7 +167,9 @@ class CloudClient:
         try:
             # (connect, read) timeouts: both bounded by what the latency SLO allows.
             r = self._session.post(f"{self.base_url}{path}", data=body, headers=headers,
-                                   timeout=(min(timeout_s, 3.0), timeout_s))
+                                   timeout=(min(timeout_s, 3.0), timeout_s), verify=self._verify)
+        except requests.exceptions.SSLError as e:
+            raise tls_error(self.base_url, e) from e
         except requests.Timeout as e:
             raise CloudError("timeout", f"no answer within {timeout_s:.2f} s") from e
         except requests.RequestException as e:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,14 +35,23 @@ class CloudProcess:
     """
 
     def __init__(self, bundle: Path, log: Path, args: Sequence[str] = (), *, token: str | None = None,
-                 host: str = "127.0.0.1", wrap: Callable[[list[str]], list[str]] | None = None):
+                 host: str = "127.0.0.1", wrap: Callable[[list[str]], list[str]] | None = None,
+                 tls: "Certificates | None" = None):
         self.bundle, self.log, self.port = bundle, log, free_port()
         self.args, self.token, self.host, self.wrap = list(args), token, host, wrap
+        self.tls = tls
+        if tls is not None:
+            self.args += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def verify(self) -> str | bool:
+        """What a client passes as requests' `verify` to trust this server."""
+        return str(self.tls.ca) if self.tls else True
 
     @property
     def headers(self) -> dict[str, str]:
@@ -54,7 +64,8 @@ class CloudProcess:
         deadline = t0 + timeout
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/readyz", headers=self.headers, timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/readyz", headers=self.headers, timeout=1,
+                                verify=self.verify).status_code == 200:
                     return time.monotonic() - t0
             except requests.RequestException:
                 pass
@@ -96,7 +107,36 @@ class CloudProcess:
 
     def worker_pid(self) -> int:
         """The gunicorn worker's pid (the process that serves, and whose memory matters)."""
-        return int(requests.get(f"{self.url}/healthz", timeout=5).json()["pid"])
+        return int(requests.get(f"{self.url}/healthz", timeout=5, verify=self.verify).json()["pid"])
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A throwaway CA, a server certificate it signed for 127.0.0.1/localhost, and its key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_certificates(folder: Path, name: str = "test") -> Certificates:
+    """Made with the openssl command (Debian's `openssl`, installed by make setup)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / f"{name}-{x}" for x in
+                                  ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    ext = folder / f"{name}-san.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
+            "-days", "2", "-subj", f"/CN=splitinfer {name} CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", "/CN=127.0.0.1")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    return Certificates(ca, cert, key)

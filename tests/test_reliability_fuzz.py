@@ -25,6 +25,7 @@ import json
 import os
 import random
 import re
+import select
 import socket
 import struct
 import threading
@@ -51,7 +52,7 @@ from tests.servers import CloudProcess
 TOKEN = "fz-" + os.urandom(12).hex()
 MAX_BODY = 256 << 10  # small, so that bodies at and over the limit are cheap to send
 READ_TIMEOUT_S = 2.0  # the server's --read-timeout-s: short, so stalled-upload tests are quick
-GUNICORN_DRAIN_S = 5.0  # gthread's bound on draining an unread body (DEFAULT_WORKER_DATA_TIMEOUT)
+BODY_DEADLINE_S = 4.0  # the server's --body-deadline-s: short, so the trickle test is quick
 EXAMPLES, PER_EXAMPLE, THREADS = 200, 50, 4  # 10,000 requests
 FUZZ_SEED = int(os.environ.get("SPLITINFER_FUZZ_SEED", "20261201"))
 # The worker's RSS climbs over the first few thousand requests (allocator arenas of the request
@@ -521,7 +522,8 @@ def _raw_case(plan: tuple, valid: bytes) -> Case:
 def server(profiled_bundle, tmp_path_factory):  # noqa: F811
     log = tmp_path_factory.mktemp("fuzz") / "cloud.log"
     cloud = CloudProcess(profiled_bundle[0], log, ["--max-body-bytes", str(MAX_BODY), "--log-level", "debug",
-                                                    "--read-timeout-s", str(READ_TIMEOUT_S)], token=TOKEN)
+                                                    "--read-timeout-s", str(READ_TIMEOUT_S),
+                                                    "--body-deadline-s", str(BODY_DEADLINE_S)], token=TOKEN)
     cloud.start()
     yield cloud
     cloud.stop()
@@ -685,24 +687,86 @@ def _threads(server) -> int:
 @pytest.mark.parametrize("authorized", [False, True], ids=["refused", "authorized"])
 def test_more_stalled_uploads_than_threads_do_not_stop_the_server(server, authorized):
     """A stalled body holds a thread for at most the read timeout (authorized: the app reads it
-    and answers 408) or gunicorn's bounded drain (refused before the body was read)."""
-    bound = READ_TIMEOUT_S if authorized else GUNICORN_DRAIN_S
+    and answers 408; refused: 401 before the body is read); then its connection closes at once,
+    and /metrics shows every thread free again."""
     socks = _stall(server.port, max(8, _threads(server)) + 2, authorized)
+    status = b"HTTP/1.1 408" if authorized else b"HTTP/1.1 401"
     try:
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        assert requests.get(server.url + "/healthz", timeout=bound + 3).status_code == 200
-        assert time.monotonic() - t0 < bound + 2
-        if authorized:
-            socks[0].settimeout(READ_TIMEOUT_S + GUNICORN_DRAIN_S + 10)  # behind 65 others on a busy box
-            answer = socks[0].recv(4096).decode("latin-1")
-            assert answer.startswith("HTTP/1.1 408") and "body_timeout" in answer, answer[:300]
-            assert socks[0].recv(10) == b""  # and the connection is closed
+        assert requests.get(server.url + "/healthz", timeout=READ_TIMEOUT_S + 3).status_code == 200
+        for s in socks:
+            s.settimeout(120)  # an event (the answer) ends this wait, not the timeout
+            answer = _read_answer(s)
+            assert answer.startswith(status) and b"Connection: close" in answer, answer[:300]
+            s.settimeout(CLOSE_WITHIN_S)
+            assert s.recv(10) == b""  # the server closed it promptly, on its own
     finally:
         for s in socks:
             s.close()
+    assert _wait_for(lambda: _in_progress(server) == 1, seconds=30)  # only the scrape itself
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
     assert "Traceback" not in server.log_text()
+
+
+CLOSE_WITHIN_S = 1.0
+
+
+@pytest.mark.slow
+def test_a_trickled_body_gets_408_at_the_body_deadline_and_its_connection_closes(server):
+    """One byte a second never trips the per-read timeout; the total deadline still ends it."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nContent-Length: 5000\r\n\r\n")
+        t0 = time.monotonic()
+        sent = 0
+        while not select.select([sock], [], [], 1.0)[0]:  # until the server answers
+            assert time.monotonic() - t0 < BODY_DEADLINE_S + 10, "no answer to a trickled body"
+            sock.sendall(b"x")
+            sent += 1
+        elapsed = time.monotonic() - t0
+        sock.settimeout(10)
+        answer = _read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 408") and b"body deadline" in answer, answer[:300]
+        assert b"Connection: close" in answer
+        assert BODY_DEADLINE_S - 0.5 <= elapsed, (elapsed, sent)
+        assert sent > READ_TIMEOUT_S, sent  # it outlived the per-read timeout by trickling
+        sock.settimeout(CLOSE_WITHIN_S)
+        assert sock.recv(10) == b""
+    finally:
+        sock.close()
+    assert _wait_for(lambda: _in_progress(server) == 1, seconds=30)
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One whole answer (headers and the Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _in_progress(server) -> float:
+    text = requests.get(server.url + "/metrics", headers=server.headers, timeout=10).text
+    return float(re.search(r"^splitinfer_requests_in_progress\{[^}]*\} (\S+)$", text, re.M).group(1))
+
+
+def _wait_for(condition, seconds: float, every: float = 0.1) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
 
 
 # ---- auth -------------------------------------------------------------------------------------
