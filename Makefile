@@ -12,10 +12,11 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 setup: $(STAMP) debian
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 # Debian packages: the Fashion-MNIST data set and `tc`. Installed only when missing and we are root.

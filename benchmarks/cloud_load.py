@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from edge_runtime.manifest import BundleError, load_manifest
-from edge_runtime.packing import pack
 from benchmarks._common import write_results
-from tests.servers import CloudProcess
+from splitinfer.bundle.manifest import BundleError, load_manifest
+from splitinfer.codec import pack
+from splitinfer.testing import CloudProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = "build/fashion"

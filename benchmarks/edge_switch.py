@@ -34,15 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import _common as common  # noqa: E402
-from edge_runtime.heads import FULL, HeadPool  # noqa: E402
-from edge_runtime.interpreter import default_num_threads, load_interpreter, run_once  # noqa: E402
-from edge_runtime.manifest import BundleError, Manifest, load_manifest  # noqa: E402
+from benchmarks import _common as common
+from edge_runtime.heads import FULL, HeadPool
+from edge_runtime.interpreter import default_num_threads, load_interpreter, run_once
+from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
 
 DEFAULT_OUT = common.RESULTS / "edge_switch.json"
 GOAL_SWITCH_MS = 1.0
@@ -317,17 +315,17 @@ def _server_mean(results: list, key: str) -> float | None:
 
 def device_stage_ms(rt, config: dict, frames: np.ndarray, repeats: int) -> float:
     """Head + pack on this machine as the runtime does them, scaled to the device class (ms)."""
-    from edge_runtime import packing
+    from splitinfer import codec
 
     split = rt.manifest.split(config["split"])
     params = config.get("params", "frame")
     own = rt.allocations if params == "allocated" else rt.calibration
-    variant = packing.variant_kwargs(params, config["bits"], own.get(split.name))
+    variant = codec.variant_kwargs(params, config["bits"], own.get(split.name))
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()
         act = rt.pool.run(split.name, frames[i % len(frames)])
-        packing.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256,
+        codec.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256,
                      split_index=split.index, **variant)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[2:]) * 1e3 * max(rt.device_factor, 1.0))

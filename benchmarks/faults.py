@@ -41,14 +41,12 @@ import numpy as np
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `tests.servers` when run as a script from elsewhere
-    sys.path.insert(0, str(REPO))
 
-from demo.link import NetnsLink, TokenBucketLink  # noqa: E402
-from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, FrameResult  # noqa: E402
-from scheduler.traces import outage  # noqa: E402
-from tests.servers import CloudProcess  # noqa: E402
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import write_results
+from demo.link import NetnsLink, TokenBucketLink
+from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, FrameResult
+from scheduler.traces import outage
+from splitinfer.testing import CloudProcess
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "faults.json"
 DEFAULT_BUNDLE = REPO / "build" / "reliability-tiny"
@@ -171,7 +169,7 @@ class FaultRecord:
 def run_scenario(cloud: CloudProcess, bundle: Path, link, sc: Scenario = Scenario(),
                  log=print) -> dict:
     """Run every fault once against `cloud` (started, with --fault-injection) through `link`."""
-    from edge_runtime.manifest import load_manifest
+    from splitinfer.bundle.manifest import load_manifest
 
     shape = load_manifest(bundle).model.input_shape
     configs = {
@@ -312,7 +310,7 @@ def ensure_tiny_bundle(path: Path) -> Path:
         return path
     import subprocess
 
-    from tests.conftest import build_tiny_model
+    from splitinfer.testing import build_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="tiny-src-"))
     try:

@@ -31,13 +31,11 @@ import requests
 from requests.adapters import HTTPAdapter
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
-from benchmarks.cloud_load import make_payloads  # noqa: E402
-from edge_runtime.manifest import load_manifest  # noqa: E402
-from tests.servers import CloudProcess  # noqa: E402
-from benchmarks._common import write_results  # noqa: E402
+from benchmarks._common import write_results
+from benchmarks.cloud_load import make_payloads
+from splitinfer.bundle.manifest import load_manifest
+from splitinfer.testing import CloudProcess
 
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "load.json"
 DEFAULT_BUNDLE = REPO / "build" / "reliability-tiny"

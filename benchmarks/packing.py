@@ -36,16 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks import _common as common  # noqa: E402
-from benchmarks.packing_layouts import GROUPS, layer_model, sample  # noqa: E402
-from edge_runtime import packing  # noqa: E402
-from edge_runtime.interpreter import default_num_threads  # noqa: E402
-from edge_runtime.manifest import BundleError, Manifest, load_manifest  # noqa: E402
+from benchmarks import _common as common
+from benchmarks.packing_layouts import GROUPS, layer_model, sample
+from edge_runtime.interpreter import default_num_threads
+from splitinfer import codec
+from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
 
 DEFAULT_OUT = common.RESULTS / "packing.json"
 GOAL_UP_TO = 60.0  # x float32, best configuration within the budget
@@ -152,7 +150,7 @@ def lossless_bytes(configs: list[dict], split: str) -> float | None:
 
 def entropy_bytes(symbols: np.ndarray) -> float:
     """What an ideal order-0 coder needs for these symbols, in bytes."""
-    return packing.symbol_entropy(symbols) * symbols.size / 8
+    return codec.symbol_entropy(symbols) * symbols.size / 8
 
 
 def mbps(nbytes: float, seconds: float) -> float:
@@ -177,8 +175,8 @@ def head_activations(bundle: Path, manifest: Manifest, split: str, frames: np.nd
     return acts, float(np.mean(head_s) * 1e3)
 
 
-def split_ranges(bundle: Path, split: str, kind: str = "ranges") -> packing.ChannelRanges:
-    from edge_runtime.calibration import load_calibration
+def split_ranges(bundle: Path, split: str, kind: str = "ranges") -> codec.ChannelRanges:
+    from splitinfer.bundle.calibration import load_calibration
 
     found = load_calibration(bundle, load_manifest(bundle), kind).get(split)
     if found is None:
@@ -204,8 +202,8 @@ def time_pack(acts: list[np.ndarray], pack_one, repeats: int) -> dict:
         "pack_ms_min": float(np.min(seconds) * 1e3),
         "pack_mbps": mbps(raw, sum(seconds)),
         "bytes_mean": float(np.mean([len(p) for p in payloads])),
-        "header_bytes": packing.read_header(payloads[0]).header_length,
-        "params_mode": packing.read_header(payloads[0]).params,
+        "header_bytes": codec.read_header(payloads[0]).header_length,
+        "params_mode": codec.read_header(payloads[0]).params,
         "payloads": payloads,
     }
 
@@ -213,10 +211,10 @@ def time_pack(acts: list[np.ndarray], pack_one, repeats: int) -> dict:
 def entropy_check(acts: list[np.ndarray], payloads: list[bytes], bits: int,
                   variant: dict) -> dict | None:
     """Packed body bytes / order-0 entropy bytes of the same symbols (None for float payloads)."""
-    if bits not in packing.QUANTIZED_BITS:
+    if bits not in codec.QUANTIZED_BITS:
         return None
-    ideal = [entropy_bytes(packing.quantize(a, bits, **variant).symbols) for a in acts]
-    body = [packing.read_header(p).body_length for p in payloads]
+    ideal = [entropy_bytes(codec.quantize(a, bits, **variant).symbols) for a in acts]
+    body = [codec.read_header(p).body_length for p in payloads]
     bps = [8 * e / a.size for e, a in zip(ideal, acts)]
     return {
         "entropy_bits_per_symbol": float(np.mean(bps)),
@@ -233,17 +231,17 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
     split = manifest.split(config["split"])
     bits = config["bits"]
     params = config.get("params", "frame")
-    calibrated = params in packing.REFERENCED_PARAMS
+    calibrated = params in codec.REFERENCED_PARAMS
     ranges = split_ranges(bundle, split.name, "allocated" if params == "allocated" else "ranges") \
         if calibrated else None
-    variant = packing.variant_kwargs(params, bits, ranges)
+    variant = codec.variant_kwargs(params, bits, ranges)
     # The head runs as the device profile timed it (all its threads); only pack() is pinned.
     threads = (device or {}).get("num_threads") or default_num_threads()
     acts, head_now = head_activations(bundle, manifest, split.name, frames, threads,
                                       max(repeats, 5))
 
     def pack_one(a: np.ndarray) -> bytes:  # exactly what the edge runtime sends
-        return packing.pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
+        return codec.pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
                             **variant)
 
     timing = time_pack(acts, pack_one, repeats)
@@ -268,7 +266,7 @@ def synthetic_rows(bits_list: tuple[int, ...], max_shapes: int | None, repeats: 
             for i, shape in enumerate(shapes[:max_shapes]):
                 x = sample(layer_model(shape, kind, seed=100 * g + i), np.random.default_rng(i))
                 for bits in bits_list:
-                    payload, t = common.best_of(lambda: packing.pack(x, bits), repeats)
+                    payload, t = common.best_of(lambda: codec.pack(x, bits), repeats)
                     rows.append({"group": group, "kind": kind, "shape": list(shape), "bits": bits,
                                  "float32_bytes": int(x.nbytes), "bytes": len(payload),
                                  "vs_float32": x.nbytes / len(payload), "pack_ms": t * 1e3,
@@ -441,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                 real[key]["frames_source"] = frames_source
     except (BundleError, ValueError, OSError, KeyError) as e:
         return common.fail(str(e).splitlines()[0])
-    synth_bits = QUICK_SYNTH_BITS if args.quick else packing.BITS
+    synth_bits = QUICK_SYNTH_BITS if args.quick else codec.BITS
     synth_rows = synthetic_rows(synth_bits, 2 if args.quick else None, 1 if args.quick else 3)
     synth = synthetic_summary(synth_rows)
     goal_rows = goals(up, few, real.get("fewest_bytes"))

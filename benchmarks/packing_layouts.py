@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,8 @@ from pathlib import Path
 import brotli
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_runtime import packing  # noqa: E402
+from splitinfer import codec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "packing_layouts.json"
 
@@ -121,18 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "brotli": brotli.__version__,
-        "format_version": packing.FORMAT_VERSION,
+        "format_version": codec.FORMAT_VERSION,
         "quick": args.quick,
         "groups": {g: {"kind": k, "shapes": [list(s) for s in shp]} for g, (shp, k) in GROUPS.items()},
         "raw_float32_bytes": raw_bytes,
         "layouts": layouts,
         "best_layout": {str(b): v for b, v in best.items()},
-        "default_layout": {str(b): v for b, v in packing.DEFAULT_LAYOUT.items()},
+        "default_layout": {str(b): v for b, v in codec.DEFAULT_LAYOUT.items()},
         "quality": qualities,
         "default_quality": {
-            "large": {str(b): v for b, v in packing.DEFAULT_QUALITY.items()},
-            "small": packing.SMALL_SECTION_QUALITY,
-            "small_section_bytes": packing.SMALL_SECTION_BYTES,
+            "large": {str(b): v for b, v in codec.DEFAULT_QUALITY.items()},
+            "small": codec.SMALL_SECTION_QUALITY,
+            "small_section_bytes": codec.SMALL_SECTION_BYTES,
         },
         "params": params,
         "speed": speed,
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    mismatched = [b for b in packing.BITS if best[b]["layout"] != packing.DEFAULT_LAYOUT[b]]
+    mismatched = [b for b in codec.BITS if best[b]["layout"] != codec.DEFAULT_LAYOUT[b]]
     print(f"\nwrote {args.out} in {elapsed:.1f} s")
     if mismatched:
         print(f"NOTE: DEFAULT_LAYOUT differs from this run's best for bits {mismatched}")
@@ -163,14 +160,14 @@ def _tensors(quick: bool) -> list[tuple[str, np.ndarray]]:
 
 def _layout_rows(tensors: list[tuple[str, np.ndarray]], repeats: int) -> list[dict]:
     rows = []
-    for bits in packing.BITS:
-        allowed = packing.FLOAT_LAYOUTS if bits in packing.FLOAT_DTYPES else packing.LAYOUTS
+    for bits in codec.BITS:
+        allowed = codec.FLOAT_LAYOUTS if bits in codec.FLOAT_DTYPES else codec.LAYOUTS
         entropy = _entropy_bytes(tensors, bits)
         for layout in allowed:
             sizes, logs, t_pack, t_unpack = {}, 0.0, 0.0, 0.0
             for g, x in tensors:
-                payload, tp = _timed(lambda: packing.pack(x, bits, layout=layout), repeats)
-                y, tu = _timed(lambda: packing.unpack(payload), repeats)
+                payload, tp = _timed(lambda: codec.pack(x, bits, layout=layout), repeats)
+                y, tu = _timed(lambda: codec.unpack(payload), repeats)
                 sizes[g] = sizes.get(g, 0) + len(payload)
                 logs += math.log(len(payload))
                 t_pack, t_unpack = t_pack + tp, t_unpack + tu
@@ -198,7 +195,7 @@ def _best_layouts(rows: list[dict]) -> dict[int, dict]:
     winner by summed bytes, reported alongside.)
     """
     best = {}
-    for bits in packing.BITS:
+    for bits in codec.BITS:
         mine = [r for r in rows if r["bits"] == bits]
         geo = min(mine, key=lambda r: r["log_bytes"])
         tot = min(mine, key=lambda r: r["total_bytes"])
@@ -214,18 +211,18 @@ def _quality_rows(tensors: list[tuple[str, np.ndarray]]) -> list[dict]:
     ]
     inputs = [x for _, x in tensors] + late
     rows = []
-    for bits in packing.BITS:
+    for bits in codec.BITS:
         tiers: dict[str, list[np.ndarray]] = {"small": [], "large": []}
         for x in inputs:
             size = _section_bytes(x, bits)
-            tiers["small" if size <= packing.SMALL_SECTION_BYTES else "large"].append(x)
+            tiers["small" if size <= codec.SMALL_SECTION_BYTES else "large"].append(x)
         for tier, xs in tiers.items():
             if not xs:
                 continue
             for q in QUALITIES:
                 total, t = 0, 0.0
                 for x in xs:
-                    payload, dt = _timed(lambda: packing.pack(x, bits, quality=q), 1)
+                    payload, dt = _timed(lambda: codec.pack(x, bits, quality=q), 1)
                     total += len(payload)
                     t += dt
                 rows.append({
@@ -238,8 +235,8 @@ def _quality_rows(tensors: list[tuple[str, np.ndarray]]) -> list[dict]:
 
 def _section_bytes(x: np.ndarray, bits: int) -> int:
     """Uncompressed body size that `pack` hands to brotli for x at its defaults."""
-    payload = packing.pack(x, bits)
-    return len(brotli.decompress(payload[packing.read_header(payload).header_length :]))
+    payload = codec.pack(x, bits)
+    return len(brotli.decompress(payload[codec.read_header(payload).header_length :]))
 
 
 def _param_rows() -> list[dict]:
@@ -248,16 +245,16 @@ def _param_rows() -> list[dict]:
     for case, (name, shape, kind) in enumerate(PARAM_CASES):
         model = layer_model(shape, kind, seed=7000 + case)
         calib = [sample(model, np.random.default_rng(100 + i)) for i in range(CALIBRATION_SAMPLES)]
-        ranges = packing.calibrate_ranges(calib, percentile=CALIBRATION_PERCENTILE)
+        ranges = codec.calibrate_ranges(calib, percentile=CALIBRATION_PERCENTILE)
         x = sample(model, np.random.default_rng(1))
         c = shape[-1]
         for bits in PARAM_BITS:
-            auto = packing.read_header(packing.pack(x, bits)).params
-            for mode in packing.QUANTIZED_PARAMS:
+            auto = codec.read_header(codec.pack(x, bits)).params
+            for mode in codec.QUANTIZED_PARAMS:
                 r = ranges if mode == "calibrated" else None
-                payload = packing.pack(x, bits, params=mode, ranges=r)
-                header = packing.read_header(payload)
-                y = packing.unpack(payload, ranges=r)
+                payload = codec.pack(x, bits, params=mode, ranges=r)
+                header = codec.read_header(payload)
+                y = codec.unpack(payload, ranges=r)
                 data_only = _data_only_body(payload, header)
                 rows.append({
                     "case": name,
@@ -268,7 +265,7 @@ def _param_rows() -> list[dict]:
                     "auto_choice": auto,
                     "payload_bytes": len(payload),
                     "header_bytes": header.header_length,
-                    "params_raw_bytes": packing.params_nbytes(mode, c),
+                    "params_raw_bytes": codec.params_nbytes(mode, c),
                     "params_cost_bytes": header.body_length - data_only,
                     "data_bytes": data_only,
                     "nrmse": _nrmse(x, y),
@@ -278,23 +275,23 @@ def _param_rows() -> list[dict]:
     return rows
 
 
-def _data_only_body(payload: bytes, header: packing.Header) -> int:
+def _data_only_body(payload: bytes, header: codec.Header) -> int:
     """Brotli bytes of the data section alone (same quality), to split a body into data and
     parameter cost."""
     raw = brotli.decompress(payload[header.header_length :])
-    data = raw[packing.params_nbytes(header.params, header.channels) :]
-    level = packing.default_quality(header.bits, len(raw))
-    return len(brotli.compress(data, mode=packing.BROTLI_MODE, quality=level))
+    data = raw[codec.params_nbytes(header.params, header.channels) :]
+    level = codec.default_quality(header.bits, len(raw))
+    return len(brotli.compress(data, mode=codec.BROTLI_MODE, quality=level))
 
 
 def _speed_rows(repeats: int) -> list[dict]:
     rows = []
     for shape in SPEED_SHAPES:
         x = sample(layer_model(shape, "relu6", seed=3), np.random.default_rng(3))
-        for bits in packing.BITS:
+        for bits in codec.BITS:
             n = SPEED_REPEATS if x.nbytes < (1 << 20) else max(repeats, 3)
-            payload, tp = _timed(lambda: packing.pack(x, bits), n)
-            _, tu = _timed(lambda: packing.unpack(payload), n)
+            payload, tp = _timed(lambda: codec.pack(x, bits), n)
+            _, tu = _timed(lambda: codec.unpack(payload), n)
             rows.append({
                 "shape": list(shape),
                 "bits": bits,
@@ -334,11 +331,11 @@ def _print_layouts(rows: list[dict], best: dict[int, dict], raw: int) -> None:
 def _print_qualities(rows: list[dict]) -> None:
     print("\nbrotli quality at the default layout: total bytes / pack ms per tensor")
     print(
-        f"small tier = body <= {packing.SMALL_SECTION_BYTES} B before compression (default "
-        f"q{packing.SMALL_SECTION_QUALITY}); large tier default q{packing.DEFAULT_QUALITY[4]}"
+        f"small tier = body <= {codec.SMALL_SECTION_BYTES} B before compression (default "
+        f"q{codec.SMALL_SECTION_QUALITY}); large tier default q{codec.DEFAULT_QUALITY[4]}"
     )
     print(f"{'bits':>4} {'tier':<6}{'n':>3} " + "".join(f"{'q' + str(q):>18}" for q in QUALITIES))
-    for bits in packing.BITS:
+    for bits in codec.BITS:
         for tier in ("small", "large"):
             mine = {r["quality"]: r for r in rows if r["bits"] == bits and r["tier"] == tier}
             if not mine:
@@ -402,12 +399,12 @@ def _smooth_field(
 
 
 def _entropy_bytes(tensors: list[tuple[str, np.ndarray]], bits: int) -> float:
-    if bits in packing.FLOAT_DTYPES:
+    if bits in codec.FLOAT_DTYPES:
         return 0.0
     total = 0.0
     for _, x in tensors:
-        q = packing.quantize(x, bits)
-        total += packing.symbol_entropy(q.symbols) * q.symbols.size / 8
+        q = codec.quantize(x, bits)
+        total += codec.symbol_entropy(q.symbols) * q.symbols.size / 8
     return total
 
 
@@ -421,7 +418,7 @@ def _timed(fn, repeats: int):
     return out, max(best, 1e-9)
 
 
-def _clipped_share(x: np.ndarray, ranges: packing.ChannelRanges | None) -> float:
+def _clipped_share(x: np.ndarray, ranges: codec.ChannelRanges | None) -> float:
     if ranges is None:
         return 0.0
     return float(np.mean((x < ranges.lo) | (x > ranges.hi)))

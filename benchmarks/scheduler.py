@@ -23,14 +23,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):   # run as a script: make `scheduler` the package, not this file
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from scheduler import devices  # noqa: E402
-from scheduler.bundle import load_bundle  # noqa: E402
-from scheduler.core import Objective, Slo  # noqa: E402
-from scheduler.simulate import Policy, SimParams, simulate  # noqa: E402
-from scheduler.traces import Trace, outage, read_mahimahi, step  # noqa: E402
+from scheduler import devices
+from scheduler.bundle import load_bundle
+from scheduler.core import Objective, Slo
+from scheduler.simulate import Policy, SimParams, simulate
+from scheduler.traces import Trace, outage, read_mahimahi, step
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

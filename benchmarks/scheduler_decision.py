@@ -17,11 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):   # run as a script: make `scheduler` the package, not this file
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from scheduler.core import Config, ConfigTable, Objective, Slo, Where  # noqa: E402
-from scheduler.scheduler import Scheduler  # noqa: E402
+from scheduler.core import Config, ConfigTable, Objective, Slo, Where
+from scheduler.scheduler import Scheduler
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BITS = (2, 3, 4, 5, 6, 8, 16, 32)

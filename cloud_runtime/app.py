@@ -19,15 +19,28 @@ from werkzeug.exceptions import HTTPException
 from cloud_runtime.backend import TailBackend, make_backend
 from cloud_runtime.buckets import bucket_sizes
 from cloud_runtime.config import ServerConfig
-from cloud_runtime.connection import (LINGER_MAX_S, BodyTimedOut, Watchdog, end_after_answer,
-                                      read_body)
-from cloud_runtime.errors import (BadPayload, BadRequest, BodyTimeout, CalibrationMismatch,
-                                  Unauthorized, UnknownSplit, register_error_handlers)
+from cloud_runtime.connection import (
+    LINGER_MAX_S,
+    BodyTimedOut,
+    Watchdog,
+    end_after_answer,
+    read_body,
+)
+from cloud_runtime.errors import (
+    BadPayload,
+    BadRequest,
+    BodyTimeout,
+    CalibrationMismatch,
+    Unauthorized,
+    UnknownSplit,
+    register_error_handlers,
+)
 from cloud_runtime.metrics import CONTENT_TYPE, ServerMetrics
 from cloud_runtime.registry import ModelRegistry, ServedModel
 from cloud_runtime.service import InferenceService
-from edge_runtime.manifest import INPUT_SPLIT, Split
-from edge_runtime.packing import REFERENCED_PARAMS, read_header, unpack
+from splitinfer import protocol as P
+from splitinfer.bundle.manifest import INPUT_SPLIT, Split
+from splitinfer.codec import REFERENCED_PARAMS, read_header, unpack
 
 BUNDLES_ENV = "SPLITINFER_BUNDLES"
 EXTENSION = "splitinfer"
@@ -123,11 +136,11 @@ def _has_body() -> bool:
 
 
 def _register_views(app: Flask) -> None:
-    @app.get("/healthz")
+    @app.get(P.HEALTH)
     def healthz():
         return jsonify(status="ok", pid=os.getpid())
 
-    @app.get("/readyz")
+    @app.get(P.READY)
     def readyz():
         svc = _service()
         status = svc.status()
@@ -140,7 +153,7 @@ def _register_views(app: Flask) -> None:
         resp.headers["Retry-After"] = str(svc.config.retry_after_s)
         return resp
 
-    @app.get("/v1/models")
+    @app.get(P.MODELS)
     def models():
         svc = _service()
         device = svc.backend.device
@@ -154,18 +167,18 @@ def _register_views(app: Flask) -> None:
             max_body_bytes=cfg.max_body_bytes,
         )
 
-    @app.get("/metrics")
+    @app.get(P.METRICS)
     def metrics():
         return Response(_service().metrics.render(), content_type=CONTENT_TYPE)
 
-    @app.post("/v1/probe")
+    @app.post(P.PROBE)
     def probe():
         # The edge measures its uplink while it runs device-only: the bytes cost no tail compute.
         body = _read_body()
         return jsonify(received=len(body), receive_ms=round(1e3 * g.receive_s, 3),
                        total_ms=round(1e3 * (time.perf_counter() - g.t0), 3))
 
-    @app.post("/v1/infer")
+    @app.post(P.INFER)
     def infer():
         svc = _service()
         k = _parse_k(svc.config.default_k)
@@ -173,7 +186,7 @@ def _register_views(app: Flask) -> None:
         t_header = time.perf_counter()
         header = read_header(data)
         model = svc.registry.select(name=request.args.get("model"),
-                                    sha256=request.headers.get("X-Model-Sha256"),
+                                    sha256=request.headers.get(P.MODEL_SHA256_HEADER),
                                     payload_prefix=header.model_sha256_prefix)
         split = model.find_split(header.split, header.split_index)
         if header.shape not in (split.shape, (1, *split.shape)):
@@ -192,12 +205,12 @@ def _register_views(app: Flask) -> None:
         result, decode_s = svc.infer(model.tail(split), decode)
         return _answer(svc, model, split, header.bits, result, header_s + decode_s, k)
 
-    @app.post("/v1/infer/image")
+    @app.post(P.INFER_IMAGE)
     def infer_image():
         svc = _service()
         k = _parse_k(svc.config.default_k)
         model = svc.registry.select(name=request.args.get("model"),
-                                    sha256=request.headers.get("X-Model-Sha256"))
+                                    sha256=request.headers.get(P.MODEL_SHA256_HEADER))
         try:
             split = model.manifest.split(INPUT_SPLIT)
         except KeyError:
@@ -298,16 +311,16 @@ def _answer(svc: InferenceService, model: ServedModel, split: Split, bits: int |
     top = [{"class": int(i), "score": float(scores[i]) if math.isfinite(scores[i]) else None}
            for i in order]
     body = {"model": model.name, "model_sha256": model.sha256, "split": split.name, "bits": bits,
-            "device": svc.backend.device, "top_k": top}
+            "device": svc.backend.device, P.TOP_K: top}
     if model.labels and order.size and int(order[0]) < len(model.labels):
         body["label"] = model.labels[int(order[0])]
-    body.update(
-        receive_ms=round(1e3 * g.get("receive_s", 0.0), 3),
-        decode_ms=round(1e3 * decode_s, 3),
-        queue_ms=round(1e3 * result.queue_s, 3),
-        tail_ms=round(1e3 * result.run_s, 3),
-        total_ms=round(1e3 * (time.perf_counter() - g.t0), 3),
-        batch_size=result.batch_size,
-        worker=os.getpid(),
-    )
+    body.update({
+        P.RECEIVE_MS: round(1e3 * g.get("receive_s", 0.0), 3),
+        P.DECODE_MS: round(1e3 * decode_s, 3),
+        P.QUEUE_MS: round(1e3 * result.queue_s, 3),
+        P.TAIL_MS: round(1e3 * result.run_s, 3),
+        P.TOTAL_MS: round(1e3 * (time.perf_counter() - g.t0), 3),
+        P.BATCH_SIZE: result.batch_size,
+        "worker": os.getpid(),
+    })
     return jsonify(body)

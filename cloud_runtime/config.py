@@ -5,12 +5,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-TOKEN_ENV = "SPLITINFER_TOKEN"
+from splitinfer.errors import SplitInferError
+from splitinfer.protocol import TOKEN_ENV
+
 LOAD_MODES = ("eager", "lazy")
 BACKENDS = ("keras",)
 
 
-class ConfigError(ValueError):
+class ConfigError(SplitInferError, ValueError):
     """A setting that cannot work; the message names the setting, the value and the fix."""
 
 

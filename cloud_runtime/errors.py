@@ -10,7 +10,7 @@ import logging
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from edge_runtime.packing import PackingError
+from splitinfer.codec import PackingError
 
 log = logging.getLogger("cloud_runtime")
 

@@ -1,4 +1,4 @@
-"""What is served: bundles read through edge_runtime.manifest, keyed by model name and sha256.
+"""What is served: bundles read through splitinfer.bundle.manifest, keyed by model name and sha256.
 
 Also reads each bundle's calibration.json (per-split ChannelRanges) and resolves which model and
 split a request means, with the 404/409 answers when it names something not served.
@@ -12,9 +12,9 @@ from pathlib import Path
 
 from cloud_runtime.backend import TailSpec
 from cloud_runtime.errors import BadRequest, ModelMismatch, UnknownModel, UnknownSplit
-from edge_runtime.manifest import BundleError, Manifest, Split, load_manifest
-from edge_runtime.calibration import load_calibration
-from edge_runtime.packing import ChannelRanges
+from splitinfer.bundle.calibration import load_calibration
+from splitinfer.bundle.manifest import BundleError, Manifest, Split, load_manifest
+from splitinfer.codec import ChannelRanges
 
 _HEX = re.compile(r"^[0-9a-f]+$")
 

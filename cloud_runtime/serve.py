@@ -12,9 +12,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cloud_runtime.config import (
+    LOAD_MODES,
+    TOKEN_ENV,
+    ConfigError,
+    ServerConfig,
+    token_warning,
+)
 from cloud_runtime.connection import forget_request, remember_request
-from cloud_runtime.config import LOAD_MODES, TOKEN_ENV, ConfigError, ServerConfig, token_warning
-from edge_runtime.manifest import BundleError
+from splitinfer.bundle.manifest import BundleError
 
 PROG = "python -m cloud_runtime"
 LOADER_GRACE_S = 2.0  # how long a stopping worker waits for the tail being loaded

@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloud_runtime.backend import TailBackend, TailSpec
-from cloud_runtime.batcher import (BatchPolicy, Batched, BatcherClosed, Batcher, QueueFull,
-                                   WaitTimeout)
+from cloud_runtime.batcher import (
+    Batched,
+    Batcher,
+    BatcherClosed,
+    BatchPolicy,
+    QueueFull,
+    WaitTimeout,
+)
 from cloud_runtime.buckets import assemble, bucket_for, bucket_sizes, unpad
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.errors import NotReady, Overloaded, TailFailed

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cloud_runtime.backend import LoadTiming, TailBackend, TailSpec
-from edge_runtime.quiet import native_output_captured
+from splitinfer.quiet import native_output_captured
 
 log = logging.getLogger("cloud_runtime")
 
@@ -37,8 +37,8 @@ class KerasTailBackend(TailBackend):
             return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with native_output_captured():
-            import tensorflow as tf
             import keras  # noqa: F401  (Keras 3 registers its layers on import)
+            import tensorflow as tf
         tf.get_logger().setLevel(logging.ERROR)
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:  # several workers share one GPU: do not grab all its memory

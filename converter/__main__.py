@@ -5,7 +5,6 @@ import argparse
 import sys
 import time
 
-import converter.quiet  # noqa: F401  (sets TensorFlow's log levels before anything imports it)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

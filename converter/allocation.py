@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_runtime.packing import MAX_CHANNEL_BITS, ChannelRanges
+from splitinfer.codec import MAX_CHANNEL_BITS, ChannelRanges
 
 #: Central shares (percent) cut from each side when fitting a range: 0 is min/max.
 CLIP_PERCENTS = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
@@ -104,7 +104,7 @@ def allocation_ranges(fits: WidthFits, widths: np.ndarray) -> ChannelRanges:
 def channel_importance(tail, samples: np.ndarray, batch: int = 32) -> np.ndarray:
     """Mean over samples of sum over positions of (d loss / d activation)^2 per channel, where
     loss = -log p(the tail's own top-1 class): how much squared error each channel costs."""
-    from converter.quiet import import_tensorflow
+    from splitinfer.quiet import import_tensorflow
 
     tf = import_tensorflow()
     c = samples.shape[-1]

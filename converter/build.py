@@ -22,7 +22,8 @@ from converter import graph as G
 from converter.export import ExportError, to_tflite
 from converter.flops import layer_flops
 from edge_runtime.interpreter import load_interpreter, run_once
-from edge_runtime.manifest import (
+from splitinfer.bundle.files import umask_mode, write_json_atomic
+from splitinfer.bundle.manifest import (
     FORMAT_NAME,
     INPUT_SPLIT,
     MANIFEST_FILE,
@@ -30,8 +31,6 @@ from edge_runtime.manifest import (
     ModelInfo,
     Split,
     is_bundle,
-    umask_mode,
-    write_json_atomic,
 )
 
 CONVERTER_VERSION = "0.1.0"

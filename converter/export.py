@@ -5,7 +5,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from converter.quiet import import_tensorflow, native_output_captured
+from splitinfer.quiet import import_tensorflow, native_output_captured
 
 
 class ExportError(RuntimeError):

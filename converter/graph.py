@@ -8,13 +8,14 @@ layers (and so their weights).
 from __future__ import annotations
 
 import math
-
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from splitinfer.errors import SplitInferError
 
-class UnsupportedModelError(ValueError):
+
+class UnsupportedModelError(SplitInferError, ValueError):
     """The model is not one the converter can cut (subclassed, multi-input, ...)."""
 
 

@@ -17,15 +17,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from converter.quiet import import_tensorflow
-from edge_runtime import packing
-from edge_runtime.images import ImageError, decode_image, encode_jpeg, list_images, load_image
+from splitinfer.quiet import import_tensorflow
+from edge_runtime.images import (
+    ImageError,
+    decode_image,
+    encode_jpeg,
+    list_images,
+    load_image,
+)
 from edge_runtime.interpreter import load_interpreter, run_once
-from edge_runtime.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
-from edge_runtime.manifest import BundleError, Manifest, load_manifest, write_json_atomic
+from splitinfer import codec
+from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
+from splitinfer.bundle.files import write_json_atomic
+from splitinfer.bundle.manifest import Manifest, load_manifest
+from splitinfer.bundle.profile import PROFILE_VERSION
+from splitinfer.errors import BundleError
 
-PROFILE_VERSION = 1
-ALL_BITS = (packing.MIXED_BITS, 2, 3, 4, 5, 6, 8, 16, 32)
+ALL_BITS = (codec.MIXED_BITS, 2, 3, 4, 5, 6, 8, 16, 32)
 QUANTIZED_BITS = (2, 3, 4, 5, 6, 8)
 #: Mean bits per value for the per-channel allocation (bits=1 configs), smallest first: a split
 #: keeps the smallest whose top-1 agreement with the float tail on the calibration images is at
@@ -130,10 +138,10 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         interp, _ = load_interpreter(bundle / split.head)
         tail = keras.models.load_model(bundle / split.tail, compile=False)
         calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
-        ranges = packing.calibrate_ranges(calib_acts)
+        ranges = codec.calibrate_ranges(calib_acts)
         calibration[split.name] = {"ranges": ranges.to_json()}
         allocation = None
-        if packing.MIXED_BITS in options.bits and (
+        if codec.MIXED_BITS in options.bits and (
                 options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
             allocation, chosen = fit_allocation(tail, calib_acts)
             calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
@@ -182,7 +190,7 @@ def choose_variants(rows: Sequence[dict]) -> list[dict]:
     are more accurate there, but cost bytes. A variant within VARIANT_TOLERANCE_PP of the best
     drop at this (split, bits) competes on bytes; ties go to per-frame ranges.
     """
-    order = {v: i for i, v in enumerate(packing.PROFILE_VARIANTS)}
+    order = {v: i for i, v in enumerate(codec.PROFILE_VARIANTS)}
     by_bits: dict[int, list[dict]] = {}
     for r in rows:
         by_bits.setdefault(r["bits"], []).append(r)
@@ -195,7 +203,7 @@ def choose_variants(rows: Sequence[dict]) -> list[dict]:
     return chosen
 
 
-def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[packing.ChannelRanges, dict]:
+def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[codec.ChannelRanges, dict]:
     """The split's per-channel allocation: the smallest of ALLOCATION_BUDGETS whose top-1
     agreement with the float tail on the calibration images reaches ALLOCATION_AGREEMENT (the
     largest budget if none does). The accuracy reported for it is measured later, on the
@@ -205,13 +213,13 @@ def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[packing.ChannelRanges,
     fits = alloc.fit_widths(calib_acts)
     importance = alloc.channel_importance(tail, calib_acts)
     reference = _classify(tail, calib_acts)
-    candidates: dict[int, packing.ChannelRanges] = {}
+    candidates: dict[int, codec.ChannelRanges] = {}
     tried = []
 
     def agreement(i: int) -> float:
         candidate = alloc.allocation_ranges(fits, alloc.allocate(importance, fits, ALLOCATION_BUDGETS[i]))
         candidates[i] = candidate
-        decoded = np.stack([packing.unpack(packing.pack(a, packing.MIXED_BITS, ranges=candidate),
+        decoded = np.stack([codec.unpack(codec.pack(a, codec.MIXED_BITS, ranges=candidate),
                                            ranges=candidate) for a in calib_acts])
         tried.append({"mean_bits": ALLOCATION_BUDGETS[i],
                       "agreement": float(np.mean(_classify(tail, decoded) == reference))})
@@ -231,11 +239,11 @@ def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[packing.ChannelRanges,
 
 
 def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allocation=None) -> dict:
-    variants = [(b, "frame") for b in options.bits if b != packing.MIXED_BITS]
-    variants += [(b, "clipped") for b in options.bits if b in packing.CLIP_SIGMAS]
+    variants = [(b, "frame") for b in options.bits if b != codec.MIXED_BITS]
+    variants += [(b, "clipped") for b in options.bits if b in codec.CLIP_SIGMAS]
     variants += [(b, "calibrated") for b in options.bits if b in QUANTIZED_BITS]
     if allocation is not None:
-        variants.append((packing.MIXED_BITS, "allocated"))
+        variants.append((codec.MIXED_BITS, "allocated"))
     out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": []} for v in variants}
     n = len(dataset.images)
     for start in range(0, n, options.batch_size):
@@ -257,12 +265,12 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allo
             own = allocation if params == "allocated" else ranges
             for i, a in enumerate(acts):
                 t0 = time.perf_counter()
-                payload = packing.pack(
+                payload = codec.pack(
                     a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
-                    **packing.variant_kwargs(params, bits, own),
+                    **codec.variant_kwargs(params, bits, own),
                 )
                 t1 = time.perf_counter()
-                decoded[i] = packing.unpack(payload, ranges=own if params in packing.REFERENCED_PARAMS else None)
+                decoded[i] = codec.unpack(payload, ranges=own if params in codec.REFERENCED_PARAMS else None)
                 t2 = time.perf_counter()
                 m["bytes"].append(len(payload))
                 m["pack_s"].append(t1 - t0)

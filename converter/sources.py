@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitinfer.errors import SplitInferError
+
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
-class SourceError(ValueError):
+class SourceError(SplitInferError, ValueError):
     """The model source cannot be read."""
 
 
@@ -35,7 +37,7 @@ def load_source(spec: str, *, weights: str | None = None, input_shape=None) -> S
     if weights is not None:
         _check_weights_path(weights)
     _check_container(path, spec)
-    from converter.quiet import import_tensorflow
+    from splitinfer.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
@@ -76,7 +78,7 @@ def _load_zoo(name: str, weights: str | None, input_shape) -> Source:
         raise SourceError(f"Unknown zoo model. Expected one of {sorted(zoo.ZOO)}. Received: zoo:{name}")
     if weights is not None:
         _check_weights_path(weights)
-    from converter.quiet import import_tensorflow
+    from splitinfer.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
@@ -89,7 +91,7 @@ def _load_zoo(name: str, weights: str | None, input_shape) -> Source:
     if weights is not None:
         _load_weights(model, weights)
     labels = tuple(getattr(model, "class_names", ()) or zoo.labels(name))
-    return Source(model=model, name=name, sha256=_weights_sha256(model), labels=labels)
+    return Source(model=model, name=name, sha256=weights_sha256(model), labels=labels)
 
 
 def _check_weights_path(weights: str) -> None:
@@ -117,7 +119,7 @@ def _sha256_many(paths) -> str:
     return h.hexdigest()
 
 
-def _weights_sha256(model) -> str:
+def weights_sha256(model) -> str:
     """Identity of an in-memory model: its architecture name plus every weight's bytes."""
     import numpy as np
 

@@ -293,7 +293,8 @@ def simulate(args, trace, policy: str, duration: float) -> dict:
     from scheduler import devices
     from scheduler.bundle import load_bundle
     from scheduler.core import Objective, Slo
-    from scheduler.simulate import SimParams, simulate as run_sim
+    from scheduler.simulate import SimParams
+    from scheduler.simulate import simulate as run_sim
 
     bundle = load_bundle(args.bundle)
     # The live cloud is this machine's CPU, so the simulator is told so.
@@ -350,7 +351,7 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from edge_runtime.manifest import load_manifest
+    from splitinfer.bundle.manifest import load_manifest
 
     rows = run["rows"]
     order = {s.name: s.index for s in load_manifest(args.bundle).splits}

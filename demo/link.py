@@ -20,8 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from edge_runtime.uplink import CloudError
 from scheduler.traces import Trace, transfer
+from splitinfer.errors import CloudError
 
 MIN_RATE_KBIT = 8  # tbf cannot be rate 0; an outage is a link this slow
 

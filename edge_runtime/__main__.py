@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Iterator
 
 from edge_runtime.images import ImageError, check_image_file, list_images, load_image
-from edge_runtime.manifest import BundleError
 from edge_runtime.runner import POLICIES, EdgeConfig, EdgeRuntime, Frame, summarize
+from splitinfer.bundle.manifest import BundleError
+from splitinfer.protocol import TOKEN_ENV
 
 DATASETS = ("fashion-test",)
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
             policy=args.policy, split=args.split, bits=args.bits, objective=args.objective,
             slo_ms=args.slo_ms, max_drop_pp=args.max_drop_pp, device_class=args.device,
             num_threads=args.threads, max_heads=args.max_heads, camera_fps=args.fps,
-            token=args.token or os.environ.get("SPLITINFER_TOKEN"), ca_cert=args.ca_cert,
+            token=args.token or os.environ.get(TOKEN_ENV), ca_cert=args.ca_cert,
         )
         runtime = EdgeRuntime(args.bundle, args.cloud, config)
         shape = runtime.manifest.model.input_shape

@@ -13,9 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edge_runtime.interpreter import RuntimeInfo, load_interpreter
-from edge_runtime.manifest import Manifest
-
-FULL = "full"
+from splitinfer.bundle.manifest import FULL, Manifest
 
 
 @dataclass

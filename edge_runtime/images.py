@@ -14,11 +14,13 @@ from typing import Iterator
 
 import numpy as np
 
+from splitinfer.errors import SplitInferError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 LABELS_FILE = "labels.csv"
 
 
-class ImageError(ValueError):
+class ImageError(SplitInferError, ValueError):
     """An image cannot be decoded, or is not the size the model takes."""
 
 

@@ -11,9 +11,11 @@ from typing import Any, Sequence
 
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
-from scheduler.core import Objective, Slo, Where
-from scheduler.formats import FULL
+from scheduler.core import Config, ConfigTable, Objective, Slo, Where
 from scheduler.scheduler import Decision, Scheduler, SchedulerParams
+from splitinfer.bundle.device import device_profile_from_flops, load_device_profile
+from splitinfer.bundle.manifest import FULL, MANIFEST_FILE
+from splitinfer.bundle.profile import PROFILE_FILE, load_manifest_info
 
 
 def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
@@ -21,6 +23,8 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
     """The scheduler for `config` (an EdgeConfig), the device slow-down factor it assumes, and
     the emulated board's time per head (`board_head_ms`)."""
     factor = devices.device_class(config.device_class).factor if config.device_class else 1.0
+    if config.policy == "device" and not (Path(bundle) / PROFILE_FILE).is_file():
+        return _device_only(Path(bundle), config, factor), factor, {}  # unprofiled: still runs
     b = load_bundle(bundle)
     board = board_head_ms(b, factor)
     table = b.table(factor, None)  # the real cloud is measured online, not a class
@@ -49,6 +53,20 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
         return inner, factor, board
     pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
     return PinnedScheduler(inner, pinned, config.policy), factor, board
+
+
+def _device_only(bundle: Path, config: Any, factor: float) -> Scheduler:
+    """Device-only needs no offline profile: a one-configuration table, timed by the device
+    profile when there is one, else estimated from the manifest's FLOPs."""
+    device_file = bundle / "device-this-machine.json"
+    device = (load_device_profile(device_file) if device_file.is_file() else
+              device_profile_from_flops(load_manifest_info(bundle / MANIFEST_FILE),
+                                        devices.THIS_MACHINE_FLOPS_PER_S))
+    only = Config(split=FULL, bits=None, where=Where.DEVICE, head_ms=device.full_ms * factor,
+                  pack_ms=0.0, bytes=0.0, unpack_ms=0.0, tail_ms=0.0, drop_pp=0.0)
+    return Scheduler(ConfigTable.build([only]), Objective.parse(config.objective),
+                     Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp),
+                     SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False))
 
 
 def board_head_ms(b: Bundle, factor: float) -> dict[str, float]:

@@ -15,9 +15,10 @@ import numpy as np
 
 from edge_runtime.heads import FULL, HeadPool
 from edge_runtime.interpreter import default_num_threads
-from edge_runtime.manifest import BundleError, load_manifest, write_json_atomic
-
-DEVICE_PROFILE_VERSION = 1
+from splitinfer.bundle.device import DEVICE_PROFILE_VERSION
+from splitinfer.bundle.files import write_json_atomic
+from splitinfer.bundle.manifest import load_manifest
+from splitinfer.errors import BundleError
 
 
 def measure(pool: HeadPool, name: str, frame: np.ndarray, repeats: int, warmup: int = 3) -> float:

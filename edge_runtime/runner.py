@@ -20,12 +20,13 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from edge_runtime import packing
 from edge_runtime.heads import FULL, HeadPool, useful_heads
 from edge_runtime.images import encode_jpeg
-from edge_runtime.calibration import load_calibration
-from edge_runtime.manifest import INPUT_SPLIT, BundleError, load_manifest
 from edge_runtime.uplink import CloudAnswer, CloudClient, CloudError
+from splitinfer import codec
+from splitinfer import protocol as P
+from splitinfer.bundle.calibration import load_calibration
+from splitinfer.bundle.manifest import INPUT_SPLIT, BundleError, load_manifest
 
 POLICIES = ("auto", "device", "cloud", "fixed")
 
@@ -99,7 +100,9 @@ class EdgeRuntime:
     def __init__(self, bundle: str | Path, cloud_url: str | None, config: EdgeConfig = EdgeConfig(),
                  *, before_send: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        from edge_runtime.policy import build_scheduler  # pure Python + numpy: fine on a board
+        from edge_runtime.policy import (
+            build_scheduler,  # pure Python + numpy: fine on a board
+        )
 
         self.bundle = Path(bundle)
         self.config = config
@@ -175,6 +178,12 @@ class EdgeRuntime:
             raise RuntimeError(f"{missing} frames have no answer: this is a bug, please report it.")
         return [self._results[i] for i in sorted(self._results)]
 
+    def infer(self, image: np.ndarray) -> FrameResult:
+        """One image through the whole pipeline, as the policy decides; `.top1` is the class.
+
+        For streams, `run` keeps frames in flight and is much faster per frame."""
+        return self.run([Frame(0, np.asarray(image, dtype=np.float32))])[0]
+
     def close(self) -> None:
         if self.client:
             self.client.close()
@@ -224,10 +233,10 @@ class EdgeRuntime:
         split = self.manifest.split(d.split)
         params = self._params.get((d.split, d.bits), "frame")
         own = (self.allocations if params == "allocated" else self.calibration).get(d.split)
-        variant = packing.variant_kwargs(params, d.bits, own)
+        variant = codec.variant_kwargs(params, d.bits, own)
         # The split by index only: with the model hash it is unambiguous, and a long layer name
         # would be a tenth of a late split's payload.
-        payload = packing.pack(act, d.bits, model_sha256=self.manifest.model.sha256,
+        payload = codec.pack(act, d.bits, model_sha256=self.manifest.model.sha256,
                                split_index=split.index, **variant)
         pack_ms = self._pad((self.clock() - t0) * 1e3)
         with self._sched_lock:
@@ -312,8 +321,8 @@ class EdgeRuntime:
             self.scheduler.observe_upload(now, nbytes, answer.network_s, probe=kind == "probe")
             self.scheduler.observe_success(now)
             if kind != "probe":
-                self.scheduler.observe_cloud(answer.split or INPUT_SPLIT, answer.server.get("tail_ms", 0.0),
-                                             answer.server.get("queue_ms", 0.0))
+                self.scheduler.observe_cloud(answer.split or INPUT_SPLIT, answer.server.get(P.TAIL_MS, 0.0),
+                                             answer.server.get(P.QUEUE_MS, 0.0))
 
     # ------------------------------------------------------------------ helpers
 
@@ -402,7 +411,7 @@ def _read_optional_json(path: Path) -> dict | None:
 
 
 def _packing_params(bundle: Path, profile: dict | None) -> dict[tuple[str, int], str]:
-    """(split, bits) -> how the profiler packed it (a `packing.PROFILE_VARIANTS` name)."""
+    """(split, bits) -> how the profiler packed it (a `codec.PROFILE_VARIANTS` name)."""
     try:
         out = {(c["split"], int(c["bits"])): c.get("params", "frame")
                for c in (profile or {}).get("configs", [])}
@@ -410,9 +419,9 @@ def _packing_params(bundle: Path, profile: dict | None) -> dict[tuple[str, int],
         raise BundleError(f"{bundle / 'profile.json'}: every entry of 'configs' needs a 'split' "
                           f"and integer 'bits' ({type(e).__name__}: {e}); rerun python -m "
                           "converter.profile") from None
-    unknown = sorted({v for v in out.values() if v not in packing.PROFILE_VARIANTS})
+    unknown = sorted({v for v in out.values() if v not in codec.PROFILE_VARIANTS})
     if unknown:
         raise BundleError(f"{bundle / 'profile.json'}: params {unknown} unknown to this edge "
-                          f"(it knows {list(packing.PROFILE_VARIANTS)}); rerun python -m "
+                          f"(it knows {list(codec.PROFILE_VARIANTS)}); rerun python -m "
                           "converter.profile or update the edge")
     return out

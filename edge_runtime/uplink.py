@@ -16,21 +16,9 @@ from typing import Any, Callable
 import requests
 from requests.adapters import HTTPAdapter
 
-PACKED_CONTENT_TYPE = "application/x-splitinfer-activation"
+from splitinfer import protocol as P
+from splitinfer.errors import CloudError
 
-
-class CloudError(Exception):
-    """The cloud did not answer usefully; `kind` says how (for fallback and metrics)."""
-
-    def __init__(self, kind: str, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.kind = kind  # unreachable | timeout | server | rejected | tls
-        self.status = status
-
-    @property
-    def retryable(self) -> bool:
-        """Worth trying the cloud again later (as opposed to a request the server refuses)."""
-        return self.kind != "rejected"
 
 
 @dataclass(frozen=True)
@@ -48,7 +36,7 @@ class CloudAnswer:
 
         The server's clock starts when the request's headers arrive, so the time it spent
         receiving the body (`receive_ms`) is upload time and stays in."""
-        busy = self.server.get("total_ms", 0.0) - self.server.get("receive_ms", 0.0)
+        busy = self.server.get(P.TOTAL_MS, 0.0) - self.server.get(P.RECEIVE_MS, 0.0)
         return max(self.elapsed_s - busy / 1e3, 1e-6)
 
 
@@ -109,27 +97,27 @@ class CloudClient:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         if model_sha256:
-            self._headers["X-Model-Sha256"] = model_sha256
+            self._headers[P.MODEL_SHA256_HEADER] = model_sha256
 
     def infer(self, payload: bytes, timeout_s: float) -> CloudAnswer:
         """POST a packed activation; the codec's header names model, split and bits."""
-        return self._post("/v1/infer", payload, PACKED_CONTENT_TYPE, timeout_s)
+        return self._post(P.INFER, payload, P.PACKED_CONTENT_TYPE, timeout_s)
 
     def infer_image(self, image: bytes, timeout_s: float, content_type: str = "image/jpeg") -> CloudAnswer:
         """POST a whole frame (cloud-only)."""
         params = f"?model={self.model}" if self.model else ""
-        return self._post(f"/v1/infer/image{params}", image, content_type, timeout_s)
+        return self._post(f"{P.INFER_IMAGE}{params}", image, content_type, timeout_s)
 
     def probe(self, body: bytes, timeout_s: float) -> CloudAnswer:
         """Upload bytes that the server discards: a bandwidth sample without tail compute."""
-        return self._post("/v1/probe", body, "application/octet-stream", timeout_s, parse=False)
+        return self._post(P.PROBE, body, P.PROBE_CONTENT_TYPE, timeout_s, parse=False)
 
     def ping(self, timeout_s: float = 1.0) -> float:
         """Round-trip time of the cheapest request, in ms (raises CloudError)."""
         t0 = time.perf_counter()
         timeout_s = self._emulated_link(0, timeout_s, t0)
         try:
-            r = self._session.get(f"{self.base_url}/healthz", timeout=timeout_s, verify=self._verify)
+            r = self._session.get(f"{self.base_url}{P.HEALTH}", timeout=timeout_s, verify=self._verify)
         except requests.exceptions.SSLError as e:
             raise tls_error(self.base_url, e) from e
         except requests.Timeout as e:
@@ -137,7 +125,7 @@ class CloudClient:
         except requests.RequestException as e:
             raise CloudError("unreachable", f"cloud unreachable: {type(e).__name__}") from e
         if r.status_code != 200:
-            raise CloudError("server", f"/healthz answered {r.status_code}", r.status_code)
+            raise CloudError("server", f"{P.HEALTH} answered {r.status_code}", r.status_code)
         return (time.perf_counter() - t0) * 1e3
 
     def close(self) -> None:
@@ -186,19 +174,18 @@ class CloudClient:
             raise CloudError("rejected", f"cloud refused the request ({r.status_code}): "
                              f"{data.get('error', r.reason)}", r.status_code)
         if not parse:
-            server = ({k: float(data.get(k, 0.0)) for k in ("receive_ms", "total_ms")}
+            server = ({k: float(data.get(k, 0.0)) for k in (P.RECEIVE_MS, P.TOTAL_MS)}
                       if isinstance(data, dict) else {})
             return CloudAnswer(top1=-1, top_k=[], label=None, split="", elapsed_s=elapsed, server=server)
         try:
-            top_k = data["top_k"]
+            top_k = data[P.TOP_K]
             return CloudAnswer(
                 top1=int(top_k[0]["class"]),
                 top_k=top_k,
                 label=data.get("label"),
                 split=str(data.get("split", "")),
                 elapsed_s=elapsed,
-                server={k: float(data[k]) for k in ("receive_ms", "decode_ms", "queue_ms", "tail_ms",
-                                                    "total_ms", "batch_size") if k in data},
+                server={k: float(data[k]) for k in P.TIMING_FIELDS if k in data},
             )
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise CloudError("server", f"malformed answer from the cloud: {e}") from e

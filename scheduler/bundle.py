@@ -4,12 +4,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from scheduler.core import (DEFAULT_JPEG_DECODE_MS, DEFAULT_JPEG_ENCODE_MS, Config, ConfigTable,
-                            Where)
+from scheduler.core import (
+    DEFAULT_JPEG_DECODE_MS,
+    DEFAULT_JPEG_ENCODE_MS,
+    Config,
+    ConfigTable,
+    Where,
+)
 from scheduler.devices import THIS_MACHINE_FLOPS_PER_S, CloudClass
-from scheduler.formats import (FULL, INPUT_SPLIT, DeviceProfile, FormatError, ManifestInfo,
-                               Profile, device_profile_from_flops, load_device_profile,
-                               load_manifest, load_profile)
+from splitinfer.bundle.device import (
+    DeviceProfile,
+    device_profile_from_flops,
+    load_device_profile,
+)
+from splitinfer.bundle.manifest import FULL, INPUT_SPLIT
+from splitinfer.bundle.profile import (
+    ManifestInfo,
+    Profile,
+    load_manifest_info,
+    load_profile,
+)
+from splitinfer.errors import FormatError
 
 
 def _tail_ms(split: str, profile: Profile, manifest: ManifestInfo | None) -> float:
@@ -110,7 +125,7 @@ def load_bundle(directory: Path, profile: Path | None = None,
         raise FormatError(f"bundle directory {directory} does not exist: build one with "
                           f"`python -m converter` or pass --bundle tests/fixtures/scheduler")
     mpath = directory / "manifest.json"
-    manifest = load_manifest(mpath) if mpath.is_file() else None
+    manifest = load_manifest_info(mpath) if mpath.is_file() else None
     prof = load_profile(Path(profile) if profile else directory / "profile.json")
     dpath = Path(device_profile) if device_profile else directory / "device-this-machine.json"
     if dpath.is_file():

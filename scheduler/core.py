@@ -37,7 +37,7 @@ from typing import Iterable
 
 import numpy as np
 
-from scheduler.formats import FULL, INPUT_SPLIT
+from splitinfer.bundle.manifest import FULL, INPUT_SPLIT
 
 # Cloud-only JPEG costs when profile.json does not carry them (FORMATS.md v1 has no field for
 # them): encode on this machine, decode on the cloud CPU. PIL encodes a 160x160 RGB image at

@@ -31,12 +31,28 @@ import numpy as np
 
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
-from scheduler.core import (ConfigTable, Objective, Slo, State, Where, choose, estimate_all,
-                            with_true_uplink)
-from scheduler.formats import FormatError
+from scheduler.core import (
+    ConfigTable,
+    Objective,
+    Slo,
+    State,
+    Where,
+    choose,
+    estimate_all,
+    with_true_uplink,
+)
 from scheduler.scheduler import Scheduler, SchedulerParams
-from scheduler.traces import Trace, TraceError, constant, last_index, outage, read_trace, step, \
-    transfer
+from scheduler.traces import (
+    Trace,
+    TraceError,
+    constant,
+    last_index,
+    outage,
+    read_trace,
+    step,
+    transfer,
+)
+from splitinfer.errors import FormatError
 
 
 class Policy(str, Enum):

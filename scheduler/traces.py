@@ -29,10 +29,12 @@ from typing import Sequence
 
 import numpy as np
 
+from splitinfer.errors import SplitInferError
+
 MSS = 1500
 
 
-class TraceError(ValueError):
+class TraceError(SplitInferError, ValueError):
     """A trace file is missing, empty or malformed."""
 
 

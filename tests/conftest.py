@@ -8,33 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from splitinfer.testing import build_tiny_model
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 TRACES = REPO.parent / "shared" / "traces"
-
-
-def build_tiny_model(input_shape=(32, 32, 3), classes=10, seed=0):
-    """Conv stem, a residual block, a depthwise block, a head: every kind of cut in 1 s."""
-    from converter.quiet import import_tensorflow
-
-    import_tensorflow()
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(seed)
-    x = inp = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(x)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
-    x = layers.BatchNormalization(name="stem_bn")(x)
-    x = layers.ReLU(6.0, name="stem_relu")(x)
-    y = layers.Conv2D(8, 3, padding="same", name="res_conv")(x)
-    y = layers.ReLU(name="res_relu")(y)
-    x = layers.Add(name="res_add")([x, y])
-    x = layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
-    x = layers.Conv2D(16, 1, activation="relu", name="pw")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    out = layers.Dense(classes, activation="softmax", name="probs")(x)
-    return keras.Model(inp, out, name="tiny")
 
 
 def run_module(*args: str, timeout: float = 600, env=None) -> subprocess.CompletedProcess:

@@ -20,8 +20,9 @@ from PIL import Image
 
 from cloud_runtime import ServerConfig, create_app
 from cloud_runtime.backend import LoadTiming, TailBackend
-from edge_runtime.manifest import Manifest, ModelInfo, Split, write_json_atomic
-from edge_runtime.packing import calibrate_ranges, pack
+from splitinfer.bundle.files import write_json_atomic
+from splitinfer.bundle.manifest import Manifest, ModelInfo, Split
+from splitinfer.codec import calibrate_ranges, pack
 
 REPO = Path(__file__).resolve().parents[1]
 SHA_A = "a1" * 32
@@ -164,7 +165,7 @@ def test_infer_answers_top_k_of_the_tail_output(served, split, bits):
     resp = app.test_client().post("/v1/infer?k=3", data=data)
     assert resp.status_code == 200, resp.get_json()
     body = resp.get_json()
-    from edge_runtime.packing import unpack
+    from splitinfer.codec import unpack
 
     expected = fake_scores(unpack(data)[None])[0]
     order = np.argsort(-expected)[:3]
@@ -213,7 +214,7 @@ def test_calibrated_payloads_use_the_bundle_ranges(tmp_path):
     assert c.get("/v1/models").get_json()["models"][0]["splits"][1]["calibrated"] is True
     x, data = payload("mid", 4, ranges=ranges)
     body = c.post("/v1/infer", data=data).get_json()
-    from edge_runtime.packing import unpack
+    from splitinfer.codec import unpack
 
     assert body["top_k"][0]["class"] == int(np.argmax(fake_scores(unpack(data, ranges=ranges)[None])))
     other = calibrate_ranges([rng.normal(size=SPLITS["mid"]) * 3], percentile=100)
@@ -226,7 +227,7 @@ def test_calibrated_payloads_use_the_bundle_ranges(tmp_path):
 
 
 def test_allocated_payloads_use_the_bundle_allocation(tmp_path):
-    from edge_runtime.packing import MIXED_BITS, ChannelRanges, pack, unpack
+    from splitinfer.codec import MIXED_BITS, ChannelRanges, pack, unpack
 
     rng = np.random.default_rng(2)
     ranges = calibrate_ranges([rng.normal(size=SPLITS["mid"]) for _ in range(4)], percentile=100)
@@ -260,7 +261,7 @@ def test_allocated_payloads_use_the_bundle_allocation(tmp_path):
 
 
 def test_calibration_of_another_model_is_refused_at_start(tmp_path):
-    from edge_runtime.manifest import BundleError
+    from splitinfer.bundle.manifest import BundleError
 
     ranges = calibrate_ranges([np.ones(SPLITS["mid"])], percentile=100)
     bundle = make_bundle(tmp_path / "stale", calibration={"mid": ranges})
@@ -498,7 +499,7 @@ def test_concurrent_requests_are_batched_and_answered_to_the_right_caller(tmp_pa
         t.start()
     for t in threads:
         t.join(10)
-    from edge_runtime.packing import unpack
+    from splitinfer.codec import unpack
 
     for seed, body in results.items():
         expected = int(np.argmax(fake_scores(unpack(payload(seed=seed)[1])[None])))

@@ -24,8 +24,8 @@ import pytest
 import requests
 from PIL import Image
 
-from edge_runtime.manifest import load_manifest
-from edge_runtime.packing import calibrate_ranges, pack, unpack
+from splitinfer.bundle.manifest import load_manifest
+from splitinfer.codec import calibrate_ranges, pack, unpack
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -105,7 +105,7 @@ def stop(server: Server) -> None:
 @pytest.fixture(scope="module")
 def local(tiny_bundle, tiny_model_path):
     """The Keras model and TFLite heads, run in this process, for the expected answers."""
-    from converter.quiet import import_tensorflow
+    from splitinfer.quiet import import_tensorflow
 
     import_tensorflow()
     import keras
@@ -337,7 +337,7 @@ def test_sigterm_at_any_moment_of_start_up_stops_cleanly(tiny_bundle, tmp_path, 
     """Stopped while TensorFlow imports, as the first tail loads, between tails, or once
     serving: exit 0, no abort (a worker that exited with TensorFlow busy on its loader thread
     used to die of SIGABRT: 2 of 12 stops 4.5 s after start with the default model)."""
-    from tests.servers import CloudProcess
+    from splitinfer.testing import CloudProcess
 
     cloud = CloudProcess(tiny_bundle, tmp_path / "cloud.log")
     cloud.launch()

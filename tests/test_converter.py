@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.interpreter import load_interpreter, run_once
-from edge_runtime.manifest import BundleError, load_manifest
+from splitinfer.bundle.manifest import BundleError, load_manifest
 from tests.conftest import run_module
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from edge_runtime.heads import HeadPool, useful_heads
-from edge_runtime.manifest import load_manifest
 from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame
+from splitinfer.bundle.manifest import load_manifest
 from tests.conftest import run_module
-from tests.servers import CloudProcess
+from splitinfer.testing import CloudProcess
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from demo.link import TokenBucketLink
-from edge_runtime.uplink import CloudError
 from scheduler.traces import constant, outage
+from splitinfer.errors import CloudError
 
 
 def test_an_upload_the_link_can_carry_takes_its_transfer_time():

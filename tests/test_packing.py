@@ -1,4 +1,4 @@
-"""Tests of the activation codec (edge_runtime.packing): round trips, error bounds, robustness."""
+"""Tests of the activation codec (splitinfer.codec): round trips, error bounds, robustness."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edge_runtime import packing
-from edge_runtime.packing import ChannelRanges, PackingError
+from splitinfer import codec
+from splitinfer.codec import ChannelRanges, PackingError
 
-QBITS = packing.QUANTIZED_BITS
+QBITS = codec.QUANTIZED_BITS
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHA = "0123456789abcdef" * 4
@@ -44,7 +44,7 @@ def as2d(x: np.ndarray) -> np.ndarray:
     return x.reshape(int(np.prod(x.shape[:-1])) if x.ndim else 1, c).astype(np.float64)
 
 
-def assert_within_half_step(x: np.ndarray, y: np.ndarray, q: packing.Quantized) -> None:
+def assert_within_half_step(x: np.ndarray, y: np.ndarray, q: codec.Quantized) -> None:
     """|x - y| <= scale/2 per channel, plus a few float32 ulps of the values involved."""
     levels = (1 << q.bits) - 1
     xf, yf = as2d(x), as2d(y)
@@ -63,7 +63,7 @@ def reseal(data: bytes) -> bytes:
     if len(data) < 21:
         return data
     params_tag, ndim, name_len = data[7], data[9], data[20]
-    referenced = params_tag in (packing.PARAMS_TAGS["calibrated"], packing.PARAMS_TAGS["allocated"])
+    referenced = params_tag in (codec.PARAMS_TAGS["calibrated"], codec.PARAMS_TAGS["allocated"])
     tail = 21 + name_len + 4 * ndim + (8 if referenced else 0)
     if len(data) < tail + 12:
         return data
@@ -75,36 +75,36 @@ def reseal(data: bytes) -> bytes:
 # ---- round trips ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bits", packing.BITS)
+@pytest.mark.parametrize("bits", codec.BITS)
 def test_round_trip_every_bits_and_layout(bits):
     x = relu6_activation()
-    layouts = packing.FLOAT_LAYOUTS if bits in packing.FLOAT_DTYPES else packing.LAYOUTS
+    layouts = codec.FLOAT_LAYOUTS if bits in codec.FLOAT_DTYPES else codec.LAYOUTS
     for layout in layouts:
-        data = packing.pack(x, bits, layout=layout, split="block_3_add", split_index=4, model_sha256=SHA)
-        y = packing.unpack(data)
+        data = codec.pack(x, bits, layout=layout, split="block_3_add", split_index=4, model_sha256=SHA)
+        y = codec.unpack(data)
         assert y.dtype == np.float32 and y.shape == x.shape
-        header = packing.read_header(data)
+        header = codec.read_header(data)
         assert header.layout == layout and header.bits == bits
         if bits == 32:
             assert np.array_equal(y, x)
         elif bits == 16:
             assert np.array_equal(y, x.astype(np.float16).astype(np.float32))
         else:
-            q = packing.quantize(x, bits)
+            q = codec.quantize(x, bits)
             assert np.array_equal(y, q.dequantize())  # bit-identical to the reference path
             assert_within_half_step(x, y, q)
             assert np.all(y[..., 0] == 0.0)  # dead ReLU channel stays exactly zero
 
 
 @pytest.mark.parametrize("bits", QBITS)
-@pytest.mark.parametrize("mode", packing.QUANTIZED_PARAMS)
+@pytest.mark.parametrize("mode", codec.QUANTIZED_PARAMS)
 def test_every_params_mode_round_trips(bits, mode):
     x = gaussian_activation()
-    ranges = packing.calibrate_ranges(x, percentile=100) if mode == "calibrated" else None
-    data = packing.pack(x, bits, params=mode, ranges=ranges)
-    assert packing.read_header(data).params == mode
-    y = packing.unpack(data, ranges=ranges)
-    q = packing.quantize(x, bits, params=mode, ranges=ranges)
+    ranges = codec.calibrate_ranges(x, percentile=100) if mode == "calibrated" else None
+    data = codec.pack(x, bits, params=mode, ranges=ranges)
+    assert codec.read_header(data).params == mode
+    y = codec.unpack(data, ranges=ranges)
+    q = codec.quantize(x, bits, params=mode, ranges=ranges)
     assert np.array_equal(y, q.dequantize())
     assert_within_half_step(x, y, q)
 
@@ -117,7 +117,7 @@ values = st.floats(-1e4, 1e4, width=32, allow_nan=False, allow_infinity=False)
 @given(
     x=hnp.arrays(np.float32, shapes, elements=values),
     bits=st.sampled_from(QBITS),
-    layout=st.sampled_from(packing.LAYOUTS),
+    layout=st.sampled_from(codec.LAYOUTS),
     mode=st.sampled_from(("channel-f16", "channel-q8", "tensor", None)),
     constant=st.booleans(),
 )
@@ -126,8 +126,8 @@ def test_round_trip_error_within_half_step(x, bits, layout, mode, constant):
         x[..., 0] = x.reshape(-1)[0]  # a constant channel
     if mode == "channel-f16":
         x = np.clip(x, -6e4, 6e4) / 16  # keep ranges inside float16
-    q = packing.quantize(x, bits, params=mode)
-    y = packing.unpack(packing.pack(x, bits, layout=layout, params=mode))
+    q = codec.quantize(x, bits, params=mode)
+    y = codec.unpack(codec.pack(x, bits, layout=layout, params=mode))
     assert y.shape == x.shape and y.dtype == np.float32
     assert np.array_equal(y, q.dequantize())
     assert_within_half_step(x, y, q)
@@ -141,14 +141,14 @@ def test_round_trip_error_within_half_step(x, bits, layout, mode, constant):
 def test_calibrated_round_trip_and_clipping(x, bits):
     if x.size == 0:
         return
-    ranges = packing.calibrate_ranges(x, percentile=100.0)
-    y = packing.unpack(packing.pack(x, bits, ranges=ranges), ranges=ranges)
-    q = packing.quantize(x, bits, ranges=ranges)
+    ranges = codec.calibrate_ranges(x, percentile=100.0)
+    y = codec.unpack(codec.pack(x, bits, ranges=ranges), ranges=ranges)
+    q = codec.quantize(x, bits, ranges=ranges)
     assert q.params == "calibrated"
     assert_within_half_step(x, y, q)
     # values beyond the calibrated range clip to its ends
     wide = x * 2 + np.where(x >= 0, 1, -1)
-    yw = packing.unpack(packing.pack(wide, bits, ranges=ranges), ranges=ranges)
+    yw = codec.unpack(codec.pack(wide, bits, ranges=ranges), ranges=ranges)
     span = ((1 << bits) - 1) * q.scale.astype(np.float64)
     top = q.lo.astype(np.float64) + span
     tol = 8 * np.finfo(np.float32).eps * (np.abs(q.lo) + span)
@@ -159,36 +159,36 @@ def test_calibrated_round_trip_and_clipping(x, bits):
 @SETTINGS
 @given(x=hnp.arrays(np.float32, shapes, elements=st.floats(-6e4, 6e4, width=32)))
 def test_float_widths_exact(x):
-    assert np.array_equal(packing.unpack(packing.pack(x, 32)), x)
-    assert np.array_equal(packing.unpack(packing.pack(x, 16)), x.astype(np.float16).astype(np.float32))
-    bound = packing.error_bound(x, 16)
-    err = np.abs(as2d(packing.unpack(packing.pack(x, 16))) - as2d(x))
+    assert np.array_equal(codec.unpack(codec.pack(x, 32)), x)
+    assert np.array_equal(codec.unpack(codec.pack(x, 16)), x.astype(np.float16).astype(np.float32))
+    bound = codec.error_bound(x, 16)
+    err = np.abs(as2d(codec.unpack(codec.pack(x, 16))) - as2d(x))
     assert (err <= bound + 1e-30).all()
 
 
 def test_float32_is_little_endian_on_the_wire():
     x = np.arange(6, dtype=">f4").reshape(2, 3)  # big-endian input
-    data = packing.pack(x, 32, layout="pixel-dense", quality=0)
-    raw = brotli.decompress(data[packing.read_header(data).header_length :])
+    data = codec.pack(x, 32, layout="pixel-dense", quality=0)
+    raw = brotli.decompress(data[codec.read_header(data).header_length :])
     assert raw == x.astype("<f4").tobytes()
-    assert np.array_equal(packing.unpack(data), x.astype(np.float32))
+    assert np.array_equal(codec.unpack(data), x.astype(np.float32))
 
 
 @pytest.mark.parametrize("shape", [(0,), (4, 0), (0, 3), (2, 0, 3), (), (1,), (1, 1, 1, 1)])
-@pytest.mark.parametrize("bits", packing.BITS)
+@pytest.mark.parametrize("bits", codec.BITS)
 def test_edge_shapes(shape, bits):
     """Zero-size and 0-d arrays are supported (0-d is treated as one channel)."""
     x = np.full(shape, 1.5, dtype=np.float32)
-    y = packing.unpack(packing.pack(x, bits))
+    y = codec.unpack(codec.pack(x, bits))
     assert y.shape == shape and y.dtype == np.float32
     np.testing.assert_allclose(y, x, atol=1e-6)
 
 
 def test_integer_and_float64_inputs_are_converted():
     x = np.arange(24).reshape(2, 3, 4)
-    np.testing.assert_array_equal(packing.unpack(packing.pack(x, 32)), x.astype(np.float32))
-    bound = packing.error_bound(x.astype(np.float64), 8)
-    assert (np.abs(packing.unpack(packing.pack(x.astype(np.float64), 8)) - x) <= bound + 1e-5).all()
+    np.testing.assert_array_equal(codec.unpack(codec.pack(x, 32)), x.astype(np.float32))
+    bound = codec.error_bound(x.astype(np.float64), 8)
+    assert (np.abs(codec.unpack(codec.pack(x.astype(np.float64), 8)) - x) <= bound + 1e-5).all()
 
 
 # ---- bounds and helpers -----------------------------------------------------------------------
@@ -197,16 +197,16 @@ def test_integer_and_float64_inputs_are_converted():
 def test_steps_and_error_bound():
     x = gaussian_activation((8, 8, 16))
     f = x.reshape(-1, 16)
-    ideal = packing.quantization_step(f.min(0), f.max(0), 4)
+    ideal = codec.quantization_step(f.min(0), f.max(0), 4)
     for mode, slack in (("channel-f16", 1.002), ("channel-q8", 1.1), ("tensor", None)):
-        q = packing.quantize(x, 4, params=mode)
-        bound = packing.error_bound(x, 4, params=mode)
+        q = codec.quantize(x, 4, params=mode)
+        bound = codec.error_bound(x, 4, params=mode)
         np.testing.assert_array_equal(bound, q.scale.astype(np.float64) / 2)
         assert (q.step >= ideal * (1 - 1e-6)).all()
         if slack:
             assert (q.step <= ideal * slack).all()
-    assert (packing.error_bound(x, 32) == 0).all()
-    assert packing.quantization_step(0.0, 3.0, 2) == pytest.approx(1.0)
+    assert (codec.error_bound(x, 32) == 0).all()
+    assert codec.quantization_step(0.0, 3.0, 2) == pytest.approx(1.0)
 
 
 def test_q8_scale_grid_is_within_one_sixteenth_octave():
@@ -214,35 +214,35 @@ def test_q8_scale_grid_is_within_one_sixteenth_octave():
     x = (rng.random((50, 64)) * rng.lognormal(0, 2, 64)).astype(np.float32)
     f = x.reshape(-1, 64)
     hi = f.max(0)
-    q = packing.quantize(x, 6, params="channel-q8")
+    q = codec.quantize(x, 6, params="channel-q8")
     need = (hi - q.lo.astype(np.float64)) / 63
     assert (q.scale >= need * (1 - 1e-6)).all()
     assert (q.scale <= need * 2 ** (1 / 16) * (1 + 1e-6)).all()
 
 
 def test_symbol_entropy():
-    assert packing.symbol_entropy(np.arange(16, dtype=np.uint8).repeat(10)) == pytest.approx(4.0)
-    assert packing.symbol_entropy(np.zeros(10, np.uint8)) == 0.0
-    assert packing.symbol_entropy(np.zeros(0, np.uint8)) == 0.0
+    assert codec.symbol_entropy(np.arange(16, dtype=np.uint8).repeat(10)) == pytest.approx(4.0)
+    assert codec.symbol_entropy(np.zeros(10, np.uint8)) == 0.0
+    assert codec.symbol_entropy(np.zeros(0, np.uint8)) == 0.0
     with pytest.raises(TypeError):
-        packing.symbol_entropy(np.zeros(3, np.float32))
+        codec.symbol_entropy(np.zeros(3, np.float32))
     with pytest.raises(TypeError):
-        packing.symbol_entropy(np.zeros(0, np.float32))
+        codec.symbol_entropy(np.zeros(0, np.float32))
 
 
 def test_auto_params_choice():
     rng = np.random.default_rng(0)
     similar = rng.normal(0, 1, (10, 10, 32)).astype(np.float32)
-    assert packing.read_header(packing.pack(similar, 4)).params == "tensor"
+    assert codec.read_header(codec.pack(similar, 4)).params == "tensor"
     varied = similar * np.logspace(-2, 1, 32, dtype=np.float32)
-    assert packing.read_header(packing.pack(varied, 4)).params == "channel-q8"
+    assert codec.read_header(codec.pack(varied, 4)).params == "channel-q8"
 
 
 def test_default_layout_and_header_fields():
     x = relu6_activation()
-    for bits in packing.BITS:
-        header = packing.read_header(packing.pack(x, bits))
-        assert header.layout == packing.DEFAULT_LAYOUT[bits]
+    for bits in codec.BITS:
+        header = codec.read_header(codec.pack(x, bits))
+        assert header.layout == codec.DEFAULT_LAYOUT[bits]
 
 
 # ---- header -----------------------------------------------------------------------------------
@@ -250,45 +250,45 @@ def test_default_layout_and_header_fields():
 
 def test_read_header_without_decoding_body():
     x = relu6_activation((3, 3, 7))
-    data = packing.pack(x, 4, model_sha256=SHA, split="block_16_project_BN", split_index=17)
-    header = packing.read_header(data)
+    data = codec.pack(x, 4, model_sha256=SHA, split="block_16_project_BN", split_index=17)
+    header = codec.read_header(data)
     assert header.shape == (3, 3, 7) and header.bits == 4 and header.version == 1
     assert header.split == "block_16_project_BN" and header.split_index == 17
     assert header.model_sha256_prefix == SHA[:16] and header.matches_model(SHA)
     assert header.total_length == len(data) and header.calibration_ref is None
     # header-only prefix and a garbage body still read fine: the body is not touched
-    assert packing.read_header(data[: header.header_length]) == header
+    assert codec.read_header(data[: header.header_length]) == header
     garbage = data[: header.header_length] + b"\xff" * header.body_length
-    assert packing.read_header(garbage) == header
+    assert codec.read_header(garbage) == header
     with pytest.raises(PackingError, match="body checksum"):
-        packing.unpack(garbage)
+        codec.unpack(garbage)
 
 
 def test_header_defaults_are_none():
-    header = packing.read_header(packing.pack(np.ones(3, np.float32), 8))
+    header = codec.read_header(codec.pack(np.ones(3, np.float32), 8))
     assert header.split is None and header.split_index is None and header.model_sha256_prefix is None
 
 
 def test_calibrated_header_carries_reference_only():
     x = gaussian_activation((3, 3, 112))
-    ranges = packing.calibrate_ranges(x, percentile=100.0)
-    data = packing.pack(x, 2, ranges=ranges)
-    header = packing.read_header(data)
+    ranges = codec.calibrate_ranges(x, percentile=100.0)
+    data = codec.pack(x, 2, ranges=ranges)
+    header = codec.read_header(data)
     assert header.params == "calibrated" and header.calibration_ref == ranges.reference
     with pytest.raises(PackingError, match="pass the same ChannelRanges"):
-        packing.unpack(data)
+        codec.unpack(data)
     other = ChannelRanges(lo=ranges.lo, hi=ranges.hi + 1)
     with pytest.raises(PackingError, match="calibration reference mismatch"):
-        packing.unpack(data, ranges=other)
+        codec.unpack(data, ranges=other)
     wrong_c = ChannelRanges(lo=np.zeros(3), hi=np.ones(3))
     with pytest.raises(PackingError, match="3 channels"):
-        packing.unpack(data, ranges=wrong_c)
+        codec.unpack(data, ranges=wrong_c)
 
 
 def test_ranges_json_round_trip():
     rng = np.random.default_rng(5)
     samples = [rng.normal(0, 1, (4, 4, 10)).astype(np.float32) for _ in range(8)]
-    ranges = packing.calibrate_ranges(samples, percentile=99.9)
+    ranges = codec.calibrate_ranges(samples, percentile=99.9)
     back = ChannelRanges.from_json(json.loads(json.dumps(ranges.to_json())))
     assert back == ranges and back.reference == ranges.reference and back.percentile == 99.9
     d = ranges.to_json()
@@ -305,14 +305,14 @@ def test_ranges_json_round_trip():
 
 def test_calibrate_ranges_percentiles():
     x = np.arange(1000, dtype=np.float32).reshape(1000, 1)
-    r100 = packing.calibrate_ranges(x, percentile=100)
+    r100 = codec.calibrate_ranges(x, percentile=100)
     assert r100.lo[0] == 0 and r100.hi[0] == 999
-    r99 = packing.calibrate_ranges(x, percentile=99)
+    r99 = codec.calibrate_ranges(x, percentile=99)
     assert 0 < r99.lo[0] < 20 and 980 < r99.hi[0] < 999
     with pytest.raises(PackingError):
-        packing.calibrate_ranges(x, percentile=30)
+        codec.calibrate_ranges(x, percentile=30)
     with pytest.raises(PackingError, match="channel count"):
-        packing.calibrate_ranges([np.zeros((2, 3)), np.zeros((2, 4))])
+        codec.calibrate_ranges([np.zeros((2, 3)), np.zeros((2, 4))])
 
 
 # ---- argument errors ----------------------------------------------------------------------------
@@ -320,14 +320,14 @@ def test_calibrate_ranges_percentiles():
 
 def test_unknown_bits_message():
     with pytest.raises(PackingError) as e:
-        packing.pack(np.zeros(3, np.float32), 7)
+        codec.pack(np.zeros(3, np.float32), 7)
     assert str(e.value) == ("Expected one of {2, 3, 4, 5, 6, 8, 16, 32} (or 1 with an allocation). "
                             "Received: bits=7")
     with pytest.raises(PackingError, match="packs with an allocation"):
-        packing.pack(np.zeros(3, np.float32), 1)
+        codec.pack(np.zeros(3, np.float32), 1)
     for bad in (9, 64, True, 4.0, "4"):
         with pytest.raises(PackingError, match="Expected one of"):
-            packing.pack(np.zeros(3, np.float32), bad)
+            codec.pack(np.zeros(3, np.float32), bad)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -336,20 +336,20 @@ def test_non_finite_input_rejected(bad, bits):
     x = np.ones((2, 3), np.float32)
     x[1, 2] = bad
     with pytest.raises(PackingError, match="non-finite value at flat index 5"):
-        packing.pack(x, bits)
+        codec.pack(x, bits)
 
 
 def test_float64_overflow_and_float16_range_rejected():
     with pytest.raises(PackingError, match="non-finite"):
-        packing.pack(np.array([1e300]), 8)
+        codec.pack(np.array([1e300]), 8)
     with pytest.raises(PackingError, match="float16"):
-        packing.pack(np.array([1e5], np.float32), 16)
+        codec.pack(np.array([1e5], np.float32), 16)
 
 
 @pytest.mark.parametrize("x", [np.array(["a", "b"]), np.array([1 + 2j]), np.array([object()]), "abc"])
 def test_non_numeric_input_is_type_error(x):
     with pytest.raises(TypeError):
-        packing.pack(x, 8)
+        codec.pack(x, 8)
 
 
 def test_bad_arguments_rejected():
@@ -369,7 +369,7 @@ def test_bad_arguments_rejected():
     for kwargs in cases:
         bits = kwargs.pop("bits", 4)
         with pytest.raises(PackingError):
-            packing.pack(x, bits, **kwargs)
+            codec.pack(x, bits, **kwargs)
 
 
 # ---- corrupt payloads ---------------------------------------------------------------------------
@@ -377,13 +377,13 @@ def test_bad_arguments_rejected():
 
 def sample_payloads() -> list[tuple[bytes, ChannelRanges | None]]:
     x = relu6_activation((3, 3, 5))
-    ranges = packing.calibrate_ranges(x, percentile=100)
-    out = [(packing.pack(x, b, split="s", split_index=1, model_sha256=SHA), None) for b in packing.BITS]
-    out += [(packing.pack(x, 3, params=m), None) for m in ("channel-f16", "channel-q8", "tensor")]
-    out.append((packing.pack(x, 4, ranges=ranges), ranges))
+    ranges = codec.calibrate_ranges(x, percentile=100)
+    out = [(codec.pack(x, b, split="s", split_index=1, model_sha256=SHA), None) for b in codec.BITS]
+    out += [(codec.pack(x, 3, params=m), None) for m in ("channel-f16", "channel-q8", "tensor")]
+    out.append((codec.pack(x, 4, ranges=ranges), ranges))
     widths = np.array([0, 1, 3, 8, 2])
     allocation = ChannelRanges(lo=ranges.lo, hi=ranges.hi, bits=widths)
-    out.append((packing.pack(x, packing.MIXED_BITS, ranges=allocation, split_index=2), allocation))
+    out.append((codec.pack(x, codec.MIXED_BITS, ranges=allocation, split_index=2), allocation))
     return out
 
 
@@ -391,13 +391,13 @@ def test_every_truncation_raises_packing_error():
     for data, ranges in sample_payloads():
         for cut in range(len(data)):
             with pytest.raises(PackingError):
-                packing.unpack(data[:cut], ranges=ranges)
+                codec.unpack(data[:cut], ranges=ranges)
 
 
 def test_trailing_bytes_rejected():
     data, _ = sample_payloads()[0]
     with pytest.raises(PackingError, match="trailing"):
-        packing.unpack(data + b"\0")
+        codec.unpack(data + b"\0")
 
 
 PAYLOADS = sample_payloads()
@@ -411,18 +411,18 @@ def test_byte_flips_never_crash(which, where, mask, resealed):
     same; with resealed checksums the flip reaches the parser and decoder, which may also return
     a different but well-formed array."""
     data, ranges = PAYLOADS[which]
-    reference = packing.unpack(data, ranges=ranges)
+    reference = codec.unpack(data, ranges=ranges)
     i = int(where * len(data))
     bad = bytearray(data)
     bad[i] ^= mask
     bad = reseal(bytes(bad)) if resealed else bytes(bad)
     try:
-        y = packing.unpack(bad, ranges=ranges)
+        y = codec.unpack(bad, ranges=ranges)
     except PackingError:
         return
     if not resealed:  # only possible if the flip hit nothing that matters
         assert np.array_equal(y, reference)
-    header = packing.read_header(bad)
+    header = codec.read_header(bad)
     assert y.dtype == np.float32 and y.shape == header.shape
     assert np.isfinite(y).all()
 
@@ -430,7 +430,7 @@ def test_byte_flips_never_crash(which, where, mask, resealed):
 @FUZZ
 @given(
     tail=st.binary(max_size=80),
-    bits=st.sampled_from(packing.BITS),
+    bits=st.sampled_from(codec.BITS),
     layout=st.integers(0, 7),
     params=st.integers(0, 6),
     ndim=st.integers(0, 9),
@@ -439,7 +439,7 @@ def test_garbage_after_a_plausible_prefix_never_crashes(tail, bits, layout, para
     """Resealed random headers/bodies: PackingError or a well-formed array, nothing else."""
     data = reseal(struct.pack("<4sBBBBBB", b"SIAC", 1, bits, layout, params, 0, ndim) + tail)
     try:
-        y = packing.unpack(data, max_elements=1 << 16)
+        y = codec.unpack(data, max_elements=1 << 16)
     except PackingError:
         return
     assert y.dtype == np.float32 and np.isfinite(y).all()
@@ -452,54 +452,54 @@ def test_header_fields_validated_with_precise_messages():
         b[offset] = value
         return reseal(bytes(b))
     with pytest.raises(PackingError, match="bad magic at offset 0"):
-        packing.unpack(b"XXXX" + data[4:])
+        codec.unpack(b"XXXX" + data[4:])
     with pytest.raises(PackingError, match="unsupported format version 9 at offset 4"):
-        packing.unpack(patched(4, 9))
+        codec.unpack(patched(4, 9))
     with pytest.raises(PackingError, match=r"offset 5: Expected one of .* Received: bits=7"):
-        packing.unpack(patched(5, 7))
+        codec.unpack(patched(5, 7))
     with pytest.raises(PackingError, match="unknown layout tag 99 at offset 6"):
-        packing.unpack(patched(6, 99))
+        codec.unpack(patched(6, 99))
     with pytest.raises(PackingError, match="unknown params mode tag 77 at offset 7"):
-        packing.unpack(patched(7, 77))
+        codec.unpack(patched(7, 77))
     with pytest.raises(PackingError, match="unknown flag bits 0x80 at offset 8"):
-        packing.unpack(patched(8, 0x81))
+        codec.unpack(patched(8, 0x81))
     with pytest.raises(PackingError, match="header checksum mismatch"):
-        packing.unpack(bytes([*data[:5], 2, *data[6:]]))
+        codec.unpack(bytes([*data[:5], 2, *data[6:]]))
     with pytest.raises(PackingError, match="truncated header"):
-        packing.unpack(data[:10])
+        codec.unpack(data[:10])
 
 
 def test_shape_and_body_size_inconsistency():
     x = np.ones((4, 4, 4), np.float32)
-    data = bytearray(packing.pack(x, 8))
-    header = packing.read_header(bytes(data))
+    data = bytearray(codec.pack(x, 8))
+    header = codec.read_header(bytes(data))
     dims_at = 21 + len(header.split or "")
     struct.pack_into("<I", data, dims_at, 5)  # claim 5x4x4: the body is too short for it
     message = r"decompresses to 72 bytes, expected 88 for shape \(5, 4, 4\)"
     with pytest.raises(PackingError, match=message):
-        packing.unpack(reseal(bytes(data)))
+        codec.unpack(reseal(bytes(data)))
 
 
 def test_nan_parameters_rejected():
     x = np.ones((2, 3), np.float32) * np.arange(3)
-    data = packing.pack(x, 4, params="tensor", layout="pixel-bytes")
-    header = packing.read_header(data)
+    data = codec.pack(x, 4, params="tensor", layout="pixel-bytes")
+    header = codec.read_header(data)
     raw = bytearray(brotli.decompress(data[header.header_length :]))
     struct.pack_into("<f", raw, 4, float("nan"))  # scale
     forged = data[: header.header_length] + brotli.compress(bytes(raw))
     with pytest.raises(PackingError, match="NaN/inf"):
-        packing.unpack(reseal(forged))
+        codec.unpack(reseal(forged))
     raw[8] = 200  # a symbol > 15 in the one-byte-per-symbol layout
     struct.pack_into("<f", raw, 4, 1.0)
     forged = data[: header.header_length] + brotli.compress(bytes(raw))
     with pytest.raises(PackingError, match="symbol 200 at data offset 0 exceeds 15"):
-        packing.unpack(reseal(forged))
+        codec.unpack(reseal(forged))
 
 
 def forge(shape: tuple[int, ...], bits: int, body: bytes, layout: str = "pixel-dense") -> bytes:
     """A payload whose header says `shape`/`bits` around an arbitrary (valid-crc) body."""
     head = struct.pack(
-        "<4sBBBBBBH8sB", b"SIAC", 1, bits, packing.LAYOUT_TAGS[layout], 0, 0, len(shape), 0xFFFF,
+        "<4sBBBBBBH8sB", b"SIAC", 1, bits, codec.LAYOUT_TAGS[layout], 0, 0, len(shape), 0xFFFF,
         bytes(8), 0,
     )
     head += struct.pack(f"<{len(shape)}I", *shape) + struct.pack("<II", len(body), zlib.crc32(body))
@@ -516,7 +516,7 @@ def test_decompression_bomb_is_stopped_quickly_with_bounded_memory():
     t = time.perf_counter()
     try:
         with pytest.raises(PackingError, match="decompression bomb"):
-            packing.unpack(payload)
+            codec.unpack(payload)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -527,28 +527,28 @@ def test_decompression_bomb_is_stopped_quickly_with_bounded_memory():
 def test_max_elements_checked_before_decompressing():
     payload = forge((1 << 16, 1 << 14), 32, brotli.compress(b""))  # 2**30 elements claimed
     with pytest.raises(PackingError, match="above max_elements"):
-        packing.unpack(payload)
-    small = packing.pack(np.zeros((10, 10), np.float32), 4)
+        codec.unpack(payload)
+    small = codec.pack(np.zeros((10, 10), np.float32), 4)
     with pytest.raises(PackingError, match="max_elements=50"):
-        packing.unpack(small, max_elements=50)
+        codec.unpack(small, max_elements=50)
 
 
 def test_corrupt_brotli_stream_with_valid_crc():
     payload = forge((4, 4), 32, b"\x1b\xff\xff\xff not brotli")
     with pytest.raises(PackingError, match="brotli"):
-        packing.unpack(payload)
+        codec.unpack(payload)
 
 
 def test_unpack_rejects_non_bytes():
     with pytest.raises(TypeError):
-        packing.unpack("not bytes")
-    assert packing.unpack(memoryview(packing.pack(np.ones(2, np.float32), 32))).tolist() == [1.0, 1.0]
+        codec.unpack("not bytes")
+    assert codec.unpack(memoryview(codec.pack(np.ones(2, np.float32), 32))).tolist() == [1.0, 1.0]
 
 
 @settings(max_examples=60, deadline=None)
 @given(rows=st.integers(1, 3000), channels=st.integers(1, 300), seed=st.integers(0, 2**32 - 1))
 def test_fast_channel_min_max_equals_numpy(rows, channels, seed):
-    from edge_runtime.packing import _channel_min_max
+    from splitinfer.codec.ranges import channel_min_max as _channel_min_max
 
     flat = np.random.default_rng(seed).normal(size=(rows, channels)).astype(np.float32)
     lo, hi = _channel_min_max(flat)
@@ -563,10 +563,10 @@ def test_clipped_ranges_stay_inside_min_max_and_values_inside_them_round_trip(ro
     rng = np.random.default_rng(seed)
     x = (rng.standard_t(3, size=(rows, channels)) * rng.uniform(0.01, 100, channels)
          + rng.uniform(-50, 50, channels)).astype(np.float32)
-    lo, hi = packing.clip_range(x, x.min(0).astype(np.float64), x.max(0).astype(np.float64), sigmas)
+    lo, hi = codec.clip_range(x, x.min(0).astype(np.float64), x.max(0).astype(np.float64), sigmas)
     assert np.all(lo >= x.min(0) - 1e-6) and np.all(hi <= x.max(0) + 1e-6) and np.all(hi >= lo)
-    q = packing.quantize(x, bits, params="channel-f16", clip_sigmas=sigmas)
-    back = packing.unpack(packing.pack(x, bits, params="channel-f16", clip_sigmas=sigmas))
+    q = codec.quantize(x, bits, params="channel-f16", clip_sigmas=sigmas)
+    back = codec.unpack(codec.pack(x, bits, params="channel-f16", clip_sigmas=sigmas))
     assert np.array_equal(back, q.dequantize())
     inside = (x >= lo) & (x <= hi)
     err = np.abs(back.astype(np.float64) - x)
@@ -578,16 +578,16 @@ def test_clipped_ranges_stay_inside_min_max_and_values_inside_them_round_trip(ro
 
 def test_variant_kwargs_name_the_pack_arguments_of_each_profile_variant():
     ranges = ChannelRanges(lo=np.zeros(3, np.float32), hi=np.ones(3, np.float32))
-    assert packing.variant_kwargs("frame", 2, ranges) == {}
-    assert packing.variant_kwargs("clipped", 2, ranges) == {"clip_sigmas": packing.CLIP_SIGMAS[2]}
-    assert packing.variant_kwargs("clipped", 8, ranges) == {}  # no clip defined: per-frame
-    assert packing.variant_kwargs("calibrated", 4, ranges) == {"ranges": ranges}
-    assert packing.variant_kwargs("calibrated", 4, None) == {}
-    assert packing.variant_kwargs("calibrated", 16, ranges) == {}
+    assert codec.variant_kwargs("frame", 2, ranges) == {}
+    assert codec.variant_kwargs("clipped", 2, ranges) == {"clip_sigmas": codec.CLIP_SIGMAS[2]}
+    assert codec.variant_kwargs("clipped", 8, ranges) == {}  # no clip defined: per-frame
+    assert codec.variant_kwargs("calibrated", 4, ranges) == {"ranges": ranges}
+    assert codec.variant_kwargs("calibrated", 4, None) == {}
+    assert codec.variant_kwargs("calibrated", 16, ranges) == {}
     with pytest.raises(PackingError, match="clipped"):
-        packing.variant_kwargs("clip", 2, ranges)
+        codec.variant_kwargs("clip", 2, ranges)
     with pytest.raises(PackingError, match="clip_sigmas"):
-        packing.pack(np.ones((4, 3), np.float32), 2, clip_sigmas=0.0)
+        codec.pack(np.ones((4, 3), np.float32), 2, clip_sigmas=0.0)
 
 
 # ---- per-channel allocation (bits = MIXED_BITS) ---------------------------------------------
@@ -597,25 +597,25 @@ def test_variant_kwargs_name_the_pack_arguments_of_each_profile_variant():
 @given(data=st.data(), rows=st.integers(1, 40), channels=st.integers(1, 24))
 def test_allocated_round_trip_within_half_step_per_channel(data, rows, channels):
     x = data.draw(hnp.arrays(np.float32, (rows, channels), elements=st.floats(-50, 50, width=32)))
-    widths = np.array(data.draw(st.lists(st.integers(0, packing.MAX_CHANNEL_BITS), min_size=channels,
+    widths = np.array(data.draw(st.lists(st.integers(0, codec.MAX_CHANNEL_BITS), min_size=channels,
                                          max_size=channels)))
     lo, hi = x.min(axis=0), x.max(axis=0)
     narrow = data.draw(st.booleans())  # a calibrated range can be narrower than this frame
     if narrow:
         lo, hi = lo + 0.25 * (hi - lo), hi - 0.25 * (hi - lo)
     allocation = ChannelRanges(lo=lo, hi=hi, bits=widths)
-    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation, model_sha256=SHA, split_index=4)
-    header = packing.read_header(payload)
-    assert (header.bits, header.params, header.layout) == (packing.MIXED_BITS, "allocated", "channel-dense")
+    payload = codec.pack(x, codec.MIXED_BITS, ranges=allocation, model_sha256=SHA, split_index=4)
+    header = codec.read_header(payload)
+    assert (header.bits, header.params, header.layout) == (codec.MIXED_BITS, "allocated", "channel-dense")
     assert header.calibration_ref == allocation.reference
-    y = packing.unpack(payload, ranges=allocation)
+    y = codec.unpack(payload, ranges=allocation)
     assert y.shape == x.shape and y.dtype == np.float32
     lo64, hi64 = allocation.lo.astype(np.float64), allocation.hi.astype(np.float64)
     for c in range(channels):
         if widths[c] == 0:  # sent as nothing, decoded as lo
             assert (y[:, c] == allocation.lo[c]).all()
             continue
-        scale = np.float64(packing._round_up(np.array([(hi64[c] - lo64[c]) / ((1 << widths[c]) - 1)]),
+        scale = np.float64(codec.params.round_up(np.array([(hi64[c] - lo64[c]) / ((1 << widths[c]) - 1)]),
                                              np.float32)[0])
         want = np.clip(x[:, c].astype(np.float64), lo64[c], lo64[c] + scale * ((1 << widths[c]) - 1))
         tol = 8 * np.finfo(np.float32).eps * (np.abs(lo64[c]) + np.abs(hi64[c]) + np.abs(want) + scale)
@@ -627,8 +627,8 @@ def test_allocated_payload_size_follows_the_widths():
     allocation = ChannelRanges(lo=np.zeros(4), hi=np.ones(4), bits=np.array([0, 1, 4, 8]))
     raw_bytes = (100 * 1 + 7) // 8 + (100 * 4 + 7) // 8 + 100
     # zeros compress to almost nothing: check the decompressed size through the cap instead
-    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation, quality=0)
-    assert brotli.decompress(payload[packing.read_header(payload).header_length:]).__len__() == raw_bytes
+    payload = codec.pack(x, codec.MIXED_BITS, ranges=allocation, quality=0)
+    assert brotli.decompress(payload[codec.read_header(payload).header_length:]).__len__() == raw_bytes
     assert allocation.mean_bits == pytest.approx(13 / 4)
 
 
@@ -640,40 +640,40 @@ def test_allocations_are_checked_on_both_sides():
     assert plain.reference != allocation.reference and plain.mean_bits is None
     other = ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2, 3, 5]))
     assert other.reference != allocation.reference
-    payload = packing.pack(x, packing.MIXED_BITS, ranges=allocation)
+    payload = codec.pack(x, codec.MIXED_BITS, ranges=allocation)
     with pytest.raises(PackingError, match="pass an allocation"):
-        packing.unpack(payload, ranges=plain)
+        codec.unpack(payload, ranges=plain)
     with pytest.raises(PackingError, match="pass the same"):
-        packing.unpack(payload)
+        codec.unpack(payload)
     with pytest.raises(PackingError, match="reference mismatch"):
-        packing.unpack(payload, ranges=other)
+        codec.unpack(payload, ranges=other)
     with pytest.raises(PackingError, match="plain ranges"):
-        packing.unpack(packing.pack(x, 4, ranges=plain), ranges=allocation)
+        codec.unpack(codec.pack(x, 4, ranges=plain), ranges=allocation)
     for bad in (dict(), dict(ranges=plain), dict(ranges=allocation, layout="channel-bytes"),
                 dict(ranges=allocation, params="tensor")):
         with pytest.raises(PackingError):
-            packing.pack(x, packing.MIXED_BITS, **bad)
+            codec.pack(x, codec.MIXED_BITS, **bad)
     with pytest.raises(PackingError, match="only at bits=1"):
-        packing.pack(x, 4, ranges=allocation)
+        codec.pack(x, 4, ranges=allocation)
     with pytest.raises(PackingError, match="allocation bits"):
         ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2, 3, 9]))
     with pytest.raises(PackingError, match="allocation bits"):
         ChannelRanges(lo=lo, hi=hi, bits=np.array([0, 1, 2]))
     assert ChannelRanges.from_json(allocation.to_json()) == allocation
     assert ChannelRanges.from_json(plain.to_json()) != allocation
-    assert packing.variant_kwargs("allocated", packing.MIXED_BITS, allocation) == {"ranges": allocation}
+    assert codec.variant_kwargs("allocated", codec.MIXED_BITS, allocation) == {"ranges": allocation}
     with pytest.raises(PackingError, match="allocated"):
-        packing.variant_kwargs("allocated", packing.MIXED_BITS, plain)
+        codec.variant_kwargs("allocated", codec.MIXED_BITS, plain)
 
 
 def test_mixed_bits_header_must_say_allocated_and_back():
     x = relu6_activation((3, 3, 5))
     allocation = ChannelRanges(lo=np.zeros(5), hi=np.full(5, 6.0), bits=np.array([0, 1, 2, 3, 4]))
-    payload = bytearray(packing.pack(x, packing.MIXED_BITS, ranges=allocation))
-    payload[7] = packing.PARAMS_TAGS["calibrated"]
+    payload = bytearray(codec.pack(x, codec.MIXED_BITS, ranges=allocation))
+    payload[7] = codec.PARAMS_TAGS["calibrated"]
     with pytest.raises(PackingError, match="inconsistent"):
-        packing.read_header(reseal(bytes(payload)))
-    calibrated = bytearray(packing.pack(x, 2, ranges=ChannelRanges(lo=np.zeros(5), hi=np.full(5, 6.0))))
-    calibrated[7] = packing.PARAMS_TAGS["allocated"]
+        codec.read_header(reseal(bytes(payload)))
+    calibrated = bytearray(codec.pack(x, 2, ranges=ChannelRanges(lo=np.zeros(5), hi=np.full(5, 6.0))))
+    calibrated[7] = codec.PARAMS_TAGS["allocated"]
     with pytest.raises(PackingError, match="inconsistent"):
-        packing.read_header(reseal(bytes(calibrated)))
+        codec.read_header(reseal(bytes(calibrated)))

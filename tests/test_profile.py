@@ -65,8 +65,8 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
     calibration = json.loads((tiny_bundle / "calibration.json").read_text())
     assert set(calibration["splits"]) == set(heads)
     # bits=1: each split's per-channel allocation, with how its budget was chosen
-    from edge_runtime.calibration import load_calibration
-    from edge_runtime.manifest import load_manifest
+    from splitinfer.bundle.calibration import load_calibration
+    from splitinfer.bundle.manifest import load_manifest
 
     allocations = load_calibration(tiny_bundle, load_manifest(tiny_bundle), "allocated")
     assert set(allocations) == set(heads)

@@ -19,7 +19,7 @@ from cloud_runtime import ServerConfig
 from demo.link import TokenBucketLink
 from scheduler.scheduler import SchedulerParams
 from scheduler.traces import outage
-from tests.servers import CloudProcess
+from splitinfer.testing import CloudProcess
 from tests.test_cloud_app import build
 
 POLICIES = ("fixed", "auto")

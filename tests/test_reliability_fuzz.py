@@ -44,10 +44,10 @@ from hypothesis import HealthCheck, Phase, example, given, seed, settings
 from hypothesis import strategies as st
 from requests.adapters import HTTPAdapter
 
-from edge_runtime.manifest import load_manifest
-from edge_runtime.calibration import load_calibration
-from edge_runtime.packing import BITS, LAYOUT_TAGS, MIXED_BITS, PARAMS_TAGS, pack
-from tests.servers import CloudProcess
+from splitinfer.bundle.calibration import load_calibration
+from splitinfer.bundle.manifest import load_manifest
+from splitinfer.codec import BITS, LAYOUT_TAGS, MIXED_BITS, PARAMS_TAGS, pack
+from splitinfer.testing import CloudProcess
 
 TOKEN = "fz-" + os.urandom(12).hex()
 MAX_BODY = 256 << 10  # small, so that bodies at and over the limit are cheap to send
@@ -776,8 +776,8 @@ def _endpoints() -> list[tuple[str, str]]:
     """(method, path) of every route of the app, read from Flask's URL map (no TensorFlow)."""
     import tempfile
 
-    from tests.test_cloud_app import FakeBackend, make_bundle
     from cloud_runtime import ServerConfig, create_app
+    from tests.test_cloud_app import FakeBackend, make_bundle
 
     with tempfile.TemporaryDirectory() as d:
         app = create_app(ServerConfig(bundles=(str(make_bundle(Path(d) / "b")),), token="t"),

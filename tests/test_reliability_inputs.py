@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import run_module
-from tests.servers import CloudProcess
+from splitinfer.testing import CloudProcess
 
 pytestmark = pytest.mark.slow
 
@@ -328,8 +328,8 @@ def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle,
             time.sleep(0.2)
         assert ready is not None and ready.status_code == 503, cloud.log_text()[-2000:]
         assert ready.headers["Retry-After"] and "pw.keras" in ready.json()["start_error"]
-        from edge_runtime.manifest import load_manifest
-        from edge_runtime.packing import pack
+        from splitinfer.bundle.manifest import load_manifest
+        from splitinfer.codec import pack
 
         m = load_manifest(bundle)
         split = m.split("dw")  # a tail that is fine: the worker as a whole is not ready

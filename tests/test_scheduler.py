@@ -13,11 +13,23 @@ from hypothesis import strategies as st
 
 from scheduler import devices
 from scheduler.bundle import build_configs, load_bundle
-from scheduler.core import (CompiledChooser, Config, ConfigTable, Metric, Objective, Slo, State,
-                            Where, choose, estimate, estimate_all)
+from scheduler.core import (
+    CompiledChooser,
+    Config,
+    ConfigTable,
+    Metric,
+    Objective,
+    Slo,
+    State,
+    Where,
+    choose,
+    estimate,
+    estimate_all,
+)
 from scheduler.estimators import BandwidthEstimator, Ewma, harmonic_mean, robust_rate
-from scheduler.formats import FormatError, load_profile
 from scheduler.scheduler import Scheduler, SchedulerParams
+from splitinfer.bundle.profile import load_profile
+from splitinfer.errors import FormatError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scheduler"
 

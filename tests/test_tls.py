@@ -11,7 +11,7 @@ import requests
 
 from cloud_runtime.config import ConfigError, ServerConfig, token_warning
 from tests.conftest import run_module, write_image_folder
-from tests.servers import CloudProcess, make_certificates
+from splitinfer.testing import CloudProcess, make_certificates
 
 TOKEN = "tls-token-" + "5" * 12
 FRAMES = 12

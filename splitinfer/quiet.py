@@ -1,7 +1,10 @@
-"""Capture what native code (LiteRT, TensorFlow) writes straight to file descriptors 1 and 2."""
+"""Keep native logs (TensorFlow, the TFLite converter, LiteRT) off the user's terminal:
+capture what native code writes straight to file descriptors 1 and 2, and import TensorFlow
+quietly."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from typing import Iterator
@@ -27,3 +30,14 @@ def native_output_captured() -> Iterator[list[str]]:
                 os.close(fd)
             sink.seek(0)
             captured.append(sink.read().decode(errors="replace"))
+
+
+def import_tensorflow():
+    """Import TensorFlow with its Python and native logs quieted; returns the module."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+    with native_output_captured():
+        import tensorflow as tf  # noqa: F401
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    return tf

@@ -1,6 +1,6 @@
 """Dense and bit-plane packing of small unsigned integers (numpy only, vectorised).
 
-Private helper of `edge_runtime.packing`. Bit order is MSB-first everywhere, the same as
+Bit packing for `splitinfer.codec`. Bit order is MSB-first everywhere, the same as
 `np.packbits`: in the dense layout symbol i occupies bits [i*b, (i+1)*b) of the stream, counted
 from the most significant bit of byte 0. Every function here is pure and allocates only
 O(n) memory for n symbols.

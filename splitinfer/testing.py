@@ -1,7 +1,8 @@
-"""A real `python -m cloud_runtime` in a subprocess, for tests and benchmarks that need one.
+"""What tests and benchmarks share: a real cloud server process, throwaway TLS certificates
+and a tiny model with every kind of cut.
 
-Shared by tests/test_edge.py, the tests/test_reliability_*.py files and benchmarks/faults.py and
-benchmarks/load.py. Loopback only (or a network namespace the caller created, via `wrap`).
+Loopback only (or a network namespace the caller created, via `CloudProcess(wrap=...)`). No
+TensorFlow at import: `build_tiny_model` imports it when called.
 """
 from __future__ import annotations
 
@@ -140,3 +141,28 @@ def make_certificates(folder: Path, name: str = "test") -> Certificates:
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
             "-out", str(cert), "-days", "2", "-extfile", str(ext))
     return Certificates(ca, cert, key)
+
+
+def build_tiny_model(input_shape=(32, 32, 3), classes=10, seed=0):
+    """Conv stem, a residual block, a depthwise block, a head: every kind of cut in 1 s."""
+    
+    from splitinfer.quiet import import_tensorflow
+
+    import_tensorflow()
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    x = inp = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1, name="rescale")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(6.0, name="stem_relu")(x)
+    y = layers.Conv2D(8, 3, padding="same", name="res_conv")(x)
+    y = layers.ReLU(name="res_relu")(y)
+    x = layers.Add(name="res_add")([x, y])
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    x = layers.Conv2D(16, 1, activation="relu", name="pw")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(classes, activation="softmax", name="probs")(x)
+    return keras.Model(inp, out, name="tiny")

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_runtime.manifest import BundleError, Manifest
-from edge_runtime.packing import ChannelRanges, PackingError
+from splitinfer.bundle.manifest import Manifest
+from splitinfer.codec import ChannelRanges
+from splitinfer.errors import BundleError, PackingError
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_VERSION = 1

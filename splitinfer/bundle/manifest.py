@@ -8,21 +8,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from splitinfer.errors import BundleError
+
 FORMAT_NAME = "splitinfer-bundle"
 MANIFEST_VERSION = 1
 MANIFEST_FILE = "manifest.json"
-_UMASK = os.umask(0o022)  # read once, at import (os.umask can only be read by setting it)
-os.umask(_UMASK)
-INPUT_SPLIT = "input"
-
-
-class BundleError(ValueError):
-    """A bundle is missing, of another version, or does not match its files."""
+INPUT_SPLIT = "input"  # the cloud-only split: the whole model runs as the tail
+FULL = "full"  # the device-only "split": the whole model runs as the head
 
 
 @dataclass(frozen=True)
@@ -173,25 +169,3 @@ def is_bundle(path: str | os.PathLike) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT_NAME
-
-
-def umask_mode(path: str | os.PathLike) -> None:
-    """Give a file or directory made by `tempfile` (0600/0700) the mode a plain open/mkdir
-    would: a server running as another user must be able to read the bundle."""
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_UMASK)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON so that a reader never sees half a file (temp file + rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        umask_mode(tmp)
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

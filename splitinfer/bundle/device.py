@@ -1,0 +1,44 @@
+"""BUNDLE/device-<name>.json: head latencies measured on one board (docs/FORMATS.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from splitinfer.bundle.files import check_version, field, read_json
+from splitinfer.bundle.manifest import INPUT_SPLIT
+from splitinfer.bundle.profile import ManifestInfo
+from splitinfer.errors import FormatError
+
+DEVICE_PROFILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    device: str
+    num_threads: int
+    full_ms: float
+    heads_ms: dict[str, float]
+
+
+def load_device_profile(path: Path) -> DeviceProfile:
+    fix = "re-run `python -m edge_runtime.profile` on the board"
+    data = read_json(path, "device profile", fix)
+    check_version(data, DEVICE_PROFILE_VERSION, path, fix)
+    try:
+        return DeviceProfile(device=str(data.get("device", "?")),
+                             num_threads=int(data.get("num_threads", 0)),
+                             full_ms=float(field(data, "full_ms", path)),
+                             heads_ms={str(k): float(v) for k, v in
+                                       field(data, "heads_ms", path).items()})
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{path}: malformed device profile ({e!r}); {fix}") from None
+
+
+def device_profile_from_flops(manifest: ManifestInfo, flops_per_s: float) -> DeviceProfile:
+    """A stand-in device profile when none was measured: latency = FLOPs / sustained FLOP/s."""
+    if flops_per_s <= 0:
+        raise ValueError(f"flops_per_s must be > 0, got {flops_per_s}")
+    heads = {s.name: 1e3 * s.head_flops / flops_per_s for s in manifest.splits
+             if s.name != INPUT_SPLIT}
+    return DeviceProfile(device=f"estimated-from-flops@{flops_per_s:.3g}", num_threads=0,
+                         full_ms=1e3 * manifest.full_flops / flops_per_s, heads_ms=heads)
