@@ -164,6 +164,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     profile = {
         "version": PROFILE_VERSION,
         "model_sha256": manifest.model.sha256,
+        "model_name": manifest.model.name,
         "dataset": dataset.description,
         "float_top1": float_top1,
         "jpeg": jpeg,
@@ -175,10 +176,16 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     write_json_atomic(bundle / CALIBRATION_FILE, {"version": CALIBRATION_VERSION, "model_sha256": manifest.model.sha256,
                                                     "splits": calibration})
     write_json_atomic(bundle / "profile.json", profile)
+    return profile
+
+
+def plot_profile(bundle: Path, profile: dict) -> Path:
+    """BUNDLE/pareto.png: accuracy against bytes of every config (matplotlib, imported here)."""
     from converter.pareto import plot_pareto
 
-    plot_pareto(profile, bundle / "pareto.png", title=f"{manifest.model.name}: accuracy vs bytes")
-    return profile
+    out = bundle / "pareto.png"
+    plot_pareto(profile, out, title=f"{profile.get('model_name') or bundle.name}: accuracy vs bytes")
+    return out
 
 
 def choose_variants(rows: Sequence[dict]) -> list[dict]:
@@ -371,6 +378,7 @@ def main(argv=None) -> int:
         dataset = load_dataset(manifest, args.data, options)
         t0 = time.perf_counter()
         profile = profile_bundle(args.bundle, dataset, options)
+        plot = plot_profile(args.bundle, profile)
     except (BundleError, ImageError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
@@ -384,7 +392,7 @@ def main(argv=None) -> int:
     if best:
         print(f"fewest bytes within 1 pp: {best['split']} @ {best['bits']} bits "
               f"({best['params']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
-    print(f"wrote {args.out or args.bundle / 'profile.json'}, {args.bundle / 'pareto.png'}")
+    print(f"wrote {args.out or args.bundle / 'profile.json'}, {plot}")
     return 0
 
 

@@ -45,13 +45,14 @@ def convert(model: Any, out: str | os.PathLike, *, weights: str | None = None,
 
 def profile(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None, *,
             calibration: np.ndarray | None = None, bits: tuple[int, ...] | None = None,
-            progress: bool = False) -> Profile:
+            progress: bool = False, plot: bool = False) -> Profile:
     """Measure accuracy and bytes of every (split, bits) of `bundle` on `images` (N x H x W x C,
     0..255) and write profile.json and calibration.json there; returns the typed profile.
 
     `calibration`: the images offline ranges are fitted on (default: the first 128 of
-    `images`; pass images of their own so the accuracy is measured on unseen ones)."""
-    from converter.profile import Dataset, ProfileOptions, profile_bundle
+    `images`; pass images of their own so the accuracy is measured on unseen ones).
+    `plot=True` also writes BUNDLE/pareto.png."""
+    from converter.profile import Dataset, ProfileOptions, plot_profile, profile_bundle
 
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
@@ -62,7 +63,9 @@ def profile(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray | 
                       {"source": "splitinfer.profile(images)", "n": len(images),
                        "calibration": "given" if calibration is not None else
                        f"the first {len(calib)} of the same images"})
-    profile_bundle(Path(bundle), dataset, options)
+    measured = profile_bundle(Path(bundle), dataset, options)
+    if plot:
+        plot_profile(Path(bundle), measured)
     return load_profile(Path(bundle) / PROFILE_FILE)
 
 

@@ -166,3 +166,16 @@ def build_tiny_model(input_shape=(32, 32, 3), classes=10, seed=0):
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     out = layers.Dense(classes, activation="softmax", name="probs")(x)
     return keras.Model(inp, out, name="tiny")
+
+
+def wait_until(condition: Callable[[], object], seconds: float = 10.0, every: float = 0.01) -> bool:
+    """Poll `condition` until it is true or `seconds` pass; returns its last truth value.
+
+    Tests wait on a state they can observe, never on a guessed delay: on a busy machine a
+    sleep that is long enough here is too short there."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return bool(condition())

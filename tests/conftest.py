@@ -55,14 +55,22 @@ def write_image_folder(folder: Path, n: int = 16, shape=(32, 32, 3), seed: int =
     return folder
 
 
+def copy_bundle(bundle: Path, dest: Path) -> Path:
+    """A private copy of a shared bundle, for a test or fixture that writes into it."""
+    import shutil
+
+    shutil.copytree(bundle, dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def profiled_bundle(tiny_bundle, tmp_path_factory):
-    """The tiny bundle with an offline profile (random labelled images) and a device profile."""
+    """A copy of the tiny bundle with an offline profile (random labelled images) and a device
+    profile (the shared tiny bundle itself is never written to)."""
     folder = write_image_folder(tmp_path_factory.mktemp("profile-images"), 16, seed=5)
-    if not (tiny_bundle / "profile.json").exists():
-        r = run_module("converter.profile", str(tiny_bundle), "--data", str(folder), "--no-progress")
-        assert r.returncode == 0, r.stderr
-    if not (tiny_bundle / "device-this-machine.json").exists():
-        r = run_module("edge_runtime.profile", str(tiny_bundle), "--no-progress", "--repeats", "3")
-        assert r.returncode == 0, r.stderr
-    return tiny_bundle, folder
+    bundle = copy_bundle(tiny_bundle, tmp_path_factory.mktemp("profiled") / "tiny")
+    r = run_module("converter.profile", str(bundle), "--data", str(folder), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_module("edge_runtime.profile", str(bundle), "--no-progress", "--repeats", "3")
+    assert r.returncode == 0, r.stderr
+    return bundle, folder

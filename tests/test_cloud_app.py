@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 from cloud_runtime import ServerConfig, create_app
 from cloud_runtime.backend import LoadTiming, TailBackend
 from splitinfer.bundle.files import write_json_atomic
+from splitinfer.testing import wait_until
 from splitinfer.bundle.manifest import Manifest, ModelInfo, Split
 from splitinfer.codec import calibrate_ranges, pack
 
@@ -420,7 +420,7 @@ def test_backend_start_failure_is_reported_by_readyz(tmp_path):
             raise ImportError("no module named tensorflow")
 
     app, service, _ = build(tmp_path, backend=Broken())
-    time.sleep(0.2)
+    assert wait_until(lambda: service.status()["start_error"] is not None, 10)
     body = expect_error(app.test_client().get("/readyz"), 503, "not_ready", "no module named tensorflow")
     assert body["start_error"].startswith("ImportError")
     service.close()
@@ -607,9 +607,5 @@ def _depth(service) -> int:
 
 
 def _wait_for(cond, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.005)
-    raise AssertionError("condition not reached")
+    if not wait_until(cond, timeout, every=0.005):
+        raise AssertionError("condition not reached")

@@ -230,16 +230,17 @@ def test_wrong_result_count_fails_the_whole_batch_with_both_lengths():
 
 
 def test_full_queue_raises_queue_full():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def slow(xs):
+        entered.set()
         gate.wait(5)
         return xs
 
     b = Batcher(slow, BatchPolicy(1, 0.0, 1))
     try:
         first = b.submit("running")
-        time.sleep(0.05)  # the batcher took it and blocks in slow()
+        assert entered.wait(5)  # the batcher took it and blocks in slow()
         queued = b.submit("queued")
         with pytest.raises(QueueFull, match="1 requests already waiting"):
             b.submit("refused")
@@ -253,11 +254,11 @@ def test_full_queue_raises_queue_full():
 
 
 def test_admission_counts_decoding_requests_so_refusals_come_before_the_decode():
-    gate = threading.Event()
-    b = Batcher(lambda xs: (gate.wait(5), xs)[1], BatchPolicy(1, 0.0, 2))
+    gate, entered = threading.Event(), threading.Event()
+    b = Batcher(lambda xs: (entered.set(), gate.wait(5), xs)[2], BatchPolicy(1, 0.0, 2))
     try:
         first = b.submit("running")
-        time.sleep(0.05)  # running, so the queue is empty
+        assert entered.wait(5)  # running, so the queue is empty
         b.submit("queued")
         b.announce()  # one decoding: queue (1) + coming (1) fill max_queue=2
         with pytest.raises(QueueFull, match="waiting or decoding"):
@@ -275,18 +276,19 @@ def test_admission_counts_decoding_requests_so_refusals_come_before_the_decode()
 
 
 def test_run_times_out_and_the_cancelled_item_is_skipped():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     seen = []
 
     def fn(xs):
         seen.extend(xs)
+        entered.set()
         gate.wait(5)
         return xs
 
     b = Batcher(fn, BatchPolicy(1, 0.0, 8))
     try:
         b.submit("blocker")
-        time.sleep(0.05)
+        assert entered.wait(5)
         with pytest.raises(WaitTimeout):
             b.run("abandoned", 0.05)
         gate.set()
@@ -298,10 +300,10 @@ def test_run_times_out_and_the_cancelled_item_is_skipped():
 
 
 def test_close_fails_queued_requests_and_refuses_new_ones():
-    gate = threading.Event()
-    b = Batcher(lambda xs: (gate.wait(5), xs)[1], BatchPolicy(1, 0.0, 8))
+    gate, entered = threading.Event(), threading.Event()
+    b = Batcher(lambda xs: (entered.set(), gate.wait(5), xs)[2], BatchPolicy(1, 0.0, 8))
     running = b.submit(1)
-    time.sleep(0.05)
+    assert entered.wait(5)
     queued = b.submit(2)
     closer = threading.Thread(target=b.close)
     closer.start()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from edge_runtime.heads import HeadPool, useful_heads
 from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame
 from splitinfer.bundle.manifest import load_manifest
 from tests.conftest import run_module
-from splitinfer.testing import CloudProcess
+from splitinfer.testing import CloudProcess, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -87,12 +86,20 @@ def test_cloud_killed_and_restarted_mid_stream_loses_no_frame(profiled_bundle, c
     n = 1200
     config = EdgeConfig(policy="fixed", split="res_add", bits=8, camera_fps=40, slo_ms=500)
     results: list = []
+    answered, streaming = [0], threading.Event()
+
+    def on_result(_):
+        answered[0] += 1
+        if answered[0] >= 80:
+            streaming.set()
+
     with EdgeRuntime(bundle, cloud.url, config) as rt:
-        worker = threading.Thread(target=lambda: results.extend(rt.run(frames(n, seed=3))))
+        worker = threading.Thread(target=lambda: results.extend(rt.run(frames(n, seed=3), on_result)))
         worker.start()
-        time.sleep(2.0)
+        assert streaming.wait(60)  # 80 frames answered: the stream is under way
         cloud.kill()
-        time.sleep(1.0)
+        # the edge has seen the cloud fail (a frame finished on the device) before it returns
+        assert wait_until(lambda: any(e["event"] == "cloud_error" for e in list(rt.events)), 60)
         cloud.start()
         worker.join(timeout=120)
         assert not worker.is_alive()

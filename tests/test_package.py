@@ -27,6 +27,20 @@ FORBIDDEN = {
 FRONT_DOOR = {"splitinfer/api.py", "splitinfer/cli.py", "splitinfer/__init__.py"}
 
 
+def _source_copy(dest: Path) -> Path:
+    """The tracked files (and untracked, not ignored ones) in a fresh folder: setuptools builds
+    in ./build, which must not be the checkout's own build/ (bundles live there)."""
+    import shutil
+
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in listed:
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    return dest
+
+
 def _imports(path: Path, top_level_only: bool) -> set[str]:
     """Top-level package names a module imports (at module level only, if asked)."""
     tree = ast.parse(path.read_text())
@@ -77,7 +91,8 @@ def test_one_definition_of_each_shared_name():
 def test_an_installed_copy_converts_and_infers_from_python(tmp_path):
     target = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300)
+                        "--target", str(target), str(_source_copy(tmp_path / "src"))],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     code = """
 import numpy as np, splitinfer as si
@@ -108,7 +123,8 @@ def test_the_console_script_lists_commands_and_refuses_unknown_ones():
 
 def test_the_wheel_builds(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                        "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                        "-w", str(tmp_path), str(_source_copy(tmp_path / "src"))],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     (wheel,) = tmp_path.glob("splitinfer-*.whl")
     import zipfile

@@ -5,7 +5,7 @@ import pytest
 
 from converter.pareto import pareto_front
 from converter.profile import choose_variants
-from tests.conftest import run_module, write_image_folder
+from tests.conftest import copy_bundle, run_module, write_image_folder
 
 
 def test_pareto_front_is_the_lower_left_staircase():
@@ -42,7 +42,8 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder):
+def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
+    tiny_bundle = copy_bundle(tiny_bundle, tmp_path / "tiny")  # profiling writes into it
     result = run_module("converter.profile", str(tiny_bundle), "--data", str(image_folder),
                         "--no-progress", "--allocate", "all")
     assert result.returncode == 0, result.stderr

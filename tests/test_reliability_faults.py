@@ -19,6 +19,7 @@ from cloud_runtime import ServerConfig
 from demo.link import TokenBucketLink
 from scheduler.scheduler import SchedulerParams
 from scheduler.traces import outage
+from splitinfer.testing import wait_until
 from splitinfer.testing import CloudProcess
 from tests.test_cloud_app import build
 
@@ -149,15 +150,17 @@ def test_faults_answer_hang_and_end_by_themselves(fault_app):
     assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
     client.post("/v1/_faults", json={"mode": "error_500", "seconds": 0.3})
     assert client.post("/v1/infer/image", data=b"x").status_code == 500
-    time.sleep(0.4)  # the fault ended by itself: back to the ordinary answer
+    # the fault ends by itself: back to the ordinary answer
+    assert wait_until(lambda: client.get("/v1/_faults").json["mode"] == "off", 10)
     assert client.post("/v1/infer", data=b"x").json["code"] == "bad_payload"
     client.post("/v1/_faults", json={"mode": "hang", "seconds": 30})
     done = {}
     t = threading.Thread(target=lambda: done.update(r=client.post("/v1/infer", data=b"x")))
     t0 = time.monotonic()
+    hits_before = client.get("/v1/_faults").json["hits"]
     t.start()
-    time.sleep(0.3)
-    assert t.is_alive()  # hanging
+    assert wait_until(lambda: client.get("/v1/_faults").json["hits"] != hits_before, 10)
+    assert t.is_alive()  # it reached the fault and hangs there
     client.post("/v1/_faults", json={"mode": "off"})
     t.join(5)
     assert not t.is_alive() and time.monotonic() - t0 < 5

@@ -47,7 +47,7 @@ from requests.adapters import HTTPAdapter
 from splitinfer.bundle.calibration import load_calibration
 from splitinfer.bundle.manifest import load_manifest
 from splitinfer.codec import BITS, LAYOUT_TAGS, MIXED_BITS, PARAMS_TAGS, pack
-from splitinfer.testing import CloudProcess
+from splitinfer.testing import CloudProcess, wait_until
 
 TOKEN = "fz-" + os.urandom(12).hex()
 MAX_BODY = 256 << 10  # small, so that bodies at and over the limit are cheap to send
@@ -702,7 +702,7 @@ def test_more_stalled_uploads_than_threads_do_not_stop_the_server(server, author
     finally:
         for s in socks:
             s.close()
-    assert _wait_for(lambda: _in_progress(server) == 1, seconds=30)  # only the scrape itself
+    assert wait_until(lambda: _in_progress(server) == 1, seconds=30)  # only the scrape itself
     assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
     assert "Traceback" not in server.log_text()
 
@@ -734,7 +734,7 @@ def test_a_trickled_body_gets_408_at_the_body_deadline_and_its_connection_closes
         assert sock.recv(10) == b""
     finally:
         sock.close()
-    assert _wait_for(lambda: _in_progress(server) == 1, seconds=30)
+    assert wait_until(lambda: _in_progress(server) == 1, seconds=30)
 
 
 def _read_answer(sock: socket.socket) -> bytes:
@@ -758,15 +758,6 @@ def _read_answer(sock: socket.socket) -> bytes:
 def _in_progress(server) -> float:
     text = requests.get(server.url + "/metrics", headers=server.headers, timeout=10).text
     return float(re.search(r"^splitinfer_requests_in_progress\{[^}]*\} (\S+)$", text, re.M).group(1))
-
-
-def _wait_for(condition, seconds: float, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(every)
-    return condition()
 
 
 # ---- auth -------------------------------------------------------------------------------------

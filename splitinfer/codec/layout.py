@@ -1,5 +1,4 @@
-"""Element order and symbol arrangement of the data section (see `LAYOUT_TAGS`).
-"""
+"""Element order and symbol arrangement of the data section (see `LAYOUT_TAGS`)."""
 from __future__ import annotations
 
 import numpy as np

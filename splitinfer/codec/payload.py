@@ -1,5 +1,4 @@
-"""`pack` and `unpack`: one activation to one self-checking payload and back.
-"""
+"""`pack` and `unpack`: one activation to one self-checking payload and back."""
 from __future__ import annotations
 
 import struct

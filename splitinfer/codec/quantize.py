@@ -1,5 +1,4 @@
-"""Linear asymmetric quantization: symbols, steps and error bounds (no packing).
-"""
+"""Linear asymmetric quantization: symbols, steps and error bounds (no packing)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
