@@ -18,40 +18,30 @@ from __future__ import annotations
 
 import argparse
 import heapq
-import itertools
 import json
-import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
-from scheduler.core import (
-    ConfigTable,
-    Objective,
-    Slo,
-    State,
-    Where,
-    choose,
-    estimate_all,
-    with_true_uplink,
+from scheduler.core import ConfigTable, Objective, Slo, Where
+from scheduler.scheduler import SchedulerParams
+from scheduler.sim_policies import (  # noqa: F401 (fixed8_index, neurosurgeon_table: public here too)
+    Events,
+    OnlinePolicy,
+    OraclePolicy,
+    StaticPolicy,
+    fixed8_index,
+    neurosurgeon_table,
+    online_scheduler,
 )
-from scheduler.scheduler import Scheduler, SchedulerParams
-from scheduler.traces import (
-    Trace,
-    TraceError,
-    constant,
-    last_index,
-    outage,
-    read_trace,
-    step,
-    transfer,
-)
+from scheduler.traces import Trace, TraceError, constant, outage, read_trace, step
+from scheduler.uplink import Uplink
+from splitinfer.bundle.manifest import FULL
 from splitinfer.errors import FormatError
 
 
@@ -111,307 +101,184 @@ class SimResult:
     timeline: list[FrameRecord] = field(default_factory=list)
 
 
-class _Events:
-    """Observations waiting for the time the runtime would have them."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
-
-    def at(self, t: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (t, next(self._seq), fn))
-
-    def flush(self, t: float) -> None:
-        while self._heap and self._heap[0][0] <= t:
-            heapq.heappop(self._heap)[2]()
-
-
-def neurosurgeon_table(table: ConfigTable) -> ConfigTable:
-    """Device-only, cloud-only JPEG and float32 splits: Neurosurgeon's search space."""
-    return table.select(lambda c: c.where is Where.CLOUD or c.bits == 32)
-
-
-def fixed8_index(table: ConfigTable, objective: Objective, slo: Slo, bandwidth_bps: float,
-                 rtt_ms: float, depth: int) -> int:
-    """The 8-bit split that is best for the objective at a constant `bandwidth_bps`."""
-    eight = [i for i, c in enumerate(table.configs) if c.where is Where.SPLIT and c.bits == 8]
-    if not eight:
-        raise ValueError("the profile has no 8-bit configurations, so the fixed8 baseline is "
-                         "undefined: profile bits=8 with `python -m converter.profile`")
-    p = estimate_all(table, State(bandwidth_bps, rtt_ms, pipeline_depth=depth)).take(eight)
-    return eight[choose(p, objective, slo).index]
-
-
-def oracle_candidates(table: ConfigTable, slo: Slo) -> np.ndarray:
-    """Indices of the configurations an oracle needs to consider: those within the accuracy
-    and bytes bounds that no other configuration of the same split dominates (no more bytes,
-    pack, unpack and accuracy drop; the same head and tail). Exact for every objective, since
-    accuracy only enters as a bound; device-only is always kept."""
-    keep = []
-    for i, c in enumerate(table.configs):
-        if c.where is Where.DEVICE:
-            keep.append(i)
-            continue
-        if slo.max_drop_pp is not None and c.drop_pp > slo.max_drop_pp:
-            continue
-        if slo.max_bytes is not None and c.bytes > slo.max_bytes:
-            continue
-        dominated = any(
-            j != i and o.split == c.split and o.where is c.where
-            and (slo.max_drop_pp is None or o.drop_pp <= slo.max_drop_pp)
-            and o.bytes <= c.bytes and o.pack_ms <= c.pack_ms and o.unpack_ms <= c.unpack_ms
-            and (o.bytes, o.pack_ms, o.unpack_ms) != (c.bytes, c.pack_ms, c.unpack_ms)
-            for j, o in enumerate(table.configs))
-        if not dominated:
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64)
-
-
 def simulate(table: ConfigTable, trace: Trace, policy: Policy | str, objective: Objective,
              slo: Slo, params: SimParams = SimParams(),
              sched_params: SchedulerParams | None = None, keep_timeline: bool = True
              ) -> SimResult:
     """Replay `trace` with `policy` and summarise (see the module docstring for the model)."""
     policy = Policy(policy)
-    prm = params
-    rng = np.random.default_rng(prm.seed)
-    sp = replace(sched_params or SchedulerParams(), pipeline_depth=prm.pipeline_depth)
-    rtt = prm.rtt_ms / 1e3
-    configs = table.configs
-    full = configs[table.full_index]
-    jpeg_i = next((i for i, c in enumerate(configs) if c.where is Where.CLOUD), None)
-    if policy is Policy.CLOUD and jpeg_i is None:
-        raise ValueError("the cloud baseline needs the profile's jpeg entry")
+    run = _Run(table, trace, policy, objective, slo, params,
+               replace(sched_params or SchedulerParams(), pipeline_depth=params.pipeline_depth))
+    run.frames(keep_timeline)
+    return SimResult(run.summary(), run.records)
 
-    sched: Scheduler | None = None
-    if policy is Policy.DYNO:
-        sched = Scheduler(table, objective, slo, sp)
-    elif policy is Policy.NEUROSURGEON:
-        # Neurosurgeon as published: one split at a time, no per-frame device relief
-        sched = Scheduler(neurosurgeon_table(table), Objective.single("latency"),
-                          Slo(max_drop_pp=slo.max_drop_pp), replace(sp, relief=False))
-    fixed = None
-    if policy is Policy.FIXED8:
-        fixed = fixed8_index(table, objective, slo, trace.mean_bps, prm.rtt_ms, prm.pipeline_depth)
 
-    ev = _Events()
-    noise = (lambda: float(rng.lognormal(0.0, prm.noise))) if prm.noise > 0 else (lambda: 1.0)
-    jitter = (lambda: max(0.0, float(rng.normal(0.0, prm.rtt_jitter_ms))))
-    t_begin = prm.start_s
-    device_free = uplink_free = cloud_free = t_begin
-    up_index = int(trace.index_at(t_begin))
-    up_last_end, cwnd = -math.inf, prm.cwnd0
-    in_flight: list[float] = []      # heap: answer times of offloaded frames in flight
-    records: list[FrameRecord] = []
-    lat, byt, cms, drops, keys, depths = [], [], [], [], [], []
-    probe_bytes = 0.0
-    failures = fallback_frames = dropped = 0
-    first_t = last_done = None
-    bgq = prm.background_queue_ms / 1e3
+class _Run:
+    """One replay: the three stages' state, the policy, and what each frame cost."""
 
-    def upload(t0: float, nbytes: float) -> tuple[float, float, bool]:
-        """Start an upload at or after t0; (start, last delivery or abort time, ok)."""
-        nonlocal uplink_free, up_index, up_last_end, cwnd
-        u0 = max(t0, uplink_free)
-        cw = cwnd if u0 - up_last_end < prm.idle_restart_s else prm.cwnd0
-        tr = transfer(trace, u0, nbytes, rtt, cwnd0=cw, min_index=up_index)
-        timeout = sched.upload_timeout_s(nbytes) if sched is not None else math.inf
-        if tr.acked_s - u0 > timeout:
-            abort = u0 + timeout
-            up_index = max(up_index, int(trace.index_at(abort)))
-            uplink_free = up_last_end = abort
-            cwnd = prm.cwnd0
-            return u0, abort, False
-        up_index, uplink_free, up_last_end, cwnd = tr.next_index, tr.last_delivery_s, \
-            tr.last_delivery_s, tr.cwnd_end
-        return u0, tr.last_delivery_s, True
+    def __init__(self, table: ConfigTable, trace: Trace, policy: Policy, objective: Objective,
+                 slo: Slo, prm: SimParams, sched_params: SchedulerParams) -> None:
+        self.table, self.trace, self.policy, self.objective, self.slo, self.prm = (
+            table, trace, policy, objective, slo, prm)
+        rng = np.random.default_rng(prm.seed)
+        # compute times vary (lognormal); the RTT jitters: drawn in a fixed order per frame
+        self.noise = (lambda: float(rng.lognormal(0.0, prm.noise))) if prm.noise > 0 else (lambda: 1.0)
+        self.jitter = lambda: max(0.0, float(rng.normal(0.0, prm.rtt_jitter_ms)))
+        self.rtt_s = prm.rtt_ms / 1e3
+        self.background_s = prm.background_queue_ms / 1e3   # other tenants' queueing
+        self.full = table.configs[table.full_index]
+        self.t_begin = prm.start_s
+        self.device_free = self.cloud_free = self.t_begin
+        self.uplink = Uplink(trace, self.rtt_s, start_s=self.t_begin, cwnd0=prm.cwnd0,
+                             idle_restart_s=prm.idle_restart_s)
+        self.in_flight: list[float] = []   # heap: answer times of offloaded frames in flight
+        self.events = Events()
+        self.choice = self._policy(sched_params)
+        self.records: list[FrameRecord] = []
+        self.lat: list[float] = []
+        self.bytes: list[float] = []
+        self.cloud_ms: list[float] = []
+        self.drops: list[float] = []
+        self.keys: list[str] = []
+        self.depths: list[int] = []
+        self.failures = self.fallback_frames = self.dropped = 0
+        self.first_t: float | None = None
+        self.last_done: float | None = None
 
-    cand = oracle_candidates(table, slo)
-    p_cand = estimate_all(table, State(trace.mean_bps, prm.rtt_ms, bgq * 1e3,
-                                      pipeline_depth=prm.pipeline_depth)).take(cand)
-    off = table.offload[cand] > 0
-    cand_bytes = table.bytes[cand][off]
+    def _policy(self, sched_params: SchedulerParams):
+        table, prm = self.table, self.prm
+        if self.policy in ONLINE:
+            sched = online_scheduler(table, self.policy is Policy.DYNO, self.objective, self.slo,
+                                     sched_params)
+            return OnlinePolicy(sched, self.uplink, self.events, prm.rtt_ms, self.jitter)
+        if self.policy is Policy.DEVICE:
+            return StaticPolicy(self.full)
+        if self.policy is Policy.CLOUD:
+            jpeg = next((c for c in table.configs if c.where is Where.CLOUD), None)
+            if jpeg is None:
+                raise ValueError("the cloud baseline needs the profile's jpeg entry")
+            return StaticPolicy(jpeg)
+        if self.policy is Policy.FIXED8:
+            return StaticPolicy(table.configs[fixed8_index(
+                table, self.objective, self.slo, self.trace.mean_bps, prm.rtt_ms, prm.pipeline_depth)])
+        return OraclePolicy(table, self.objective, self.slo, self.uplink, self.in_flight,
+                            rtt_ms=prm.rtt_ms, background_queue_ms=self.background_s * 1e3,
+                            pipeline_depth=prm.pipeline_depth)
 
-    thr_objective = any(m.value == "throughput" for m, _ in objective.weights) or \
-        slo.min_throughput_fps is not None
-    oracle_state = State(trace.mean_bps, prm.rtt_ms, bgq * 1e3, pipeline_depth=prm.pipeline_depth,
-                         mix_full_ms=full.head_ms)
+    def frames(self, keep_timeline: bool) -> None:
+        prm = self.prm
+        for n in range(prm.frames if prm.fps is None else 10 ** 9):
+            if len(self.records if keep_timeline else self.lat) >= prm.frames:
+                break
+            arrival = self.t_begin + n / prm.fps if prm.fps else None
+            ready = self.device_free
+            if arrival is not None:
+                if ready - arrival > 1.0 / prm.fps:  # a camera keeps only its latest frame
+                    self.dropped += 1
+                    continue
+                ready = max(ready, arrival)
+            if prm.duration_s is not None and ready - self.t_begin > prm.duration_s:
+                break
+            self.events.flush(ready)
+            self._frame(ready, arrival, keep_timeline)
 
-    def oracle_index(t0: float) -> int:
-        """dyno's decision procedure (core.py model, device relief) without hysteresis and with
-        the truth instead of estimates: each payload's true transfer time on the trace from the
-        moment its head is done, behind what is already queued, and the true in-flight count."""
-        p = p_cand
-        live = sorted(x for x in in_flight if x > t0)
-        t_off = t0 if len(live) < prm.pipeline_depth else live[len(live) - prm.pipeline_depth]
-        dev_done = np.where(off, t_off, t0) + p.device_ms / 1e3
-        u0 = np.maximum(dev_done, uplink_free)
-        cw = np.where(u0 - up_last_end < prm.idle_restart_s, cwnd, prm.cwnd0)
-        j = last_index(trace, u0[off], cand_bytes, rtt, cw[off], up_index)
-        t_last = np.maximum(trace.time_of(j), u0[off])
-        up_ms = np.zeros(len(cand))
-        up_ms[off] = (t_last - u0[off]) * 1e3
-        wait_ms = (u0 - dev_done) * 1e3 * off
-        lat = p.device_ms + wait_ms + up_ms + off * (prm.rtt_ms + bgq * 1e3) + p.cloud_ms
-        k = choose(with_true_uplink(p, up_ms, lat, oracle_state), objective, slo).index
-        if not off[k]:
-            return int(cand[k])
-        if len(live) >= prm.pipeline_depth:
-            return table.full_index                   # relief: the in-flight limit is reached
-        if thr_objective:
-            relieve = wait_ms[k] > full.head_ms - p.device_ms[k] + up_ms[k]
-        else:
-            relieve = t0 + full.head_ms / 1e3 < t0 + lat[k] / 1e3
-        return table.full_index if relieve else int(cand[k])
-
-    for n in range(prm.frames if prm.fps is None else 10 ** 9):
-        if len(records if keep_timeline else lat) >= prm.frames:
-            break
-        arrival = t_begin + n / prm.fps if prm.fps else None
-        ready = device_free
-        if arrival is not None:
-            if ready - arrival > 1.0 / prm.fps:
-                dropped += 1
-                continue
-            ready = max(ready, arrival)
-        t0 = ready
+    def _frame(self, t0: float, arrival: float | None, keep_timeline: bool) -> None:
+        """One frame through device, uplink and cloud, from `t0` (the device is free)."""
+        prm, full, choice = self.prm, self.full, self.choice
         t_arr = arrival if arrival is not None else t0
-        if prm.duration_s is not None and t0 - t_begin > prm.duration_s:
-            break
-        ev.flush(t0)
-
-        est = None
-        fallback = relief = False
-        chosen = None
-        if sched is not None:
-            if sched.probe_due(t0):
-                sched.probe_started(t0)
-                pb = float(sched.probe_bytes())
-                probe_bytes += pb
-                p0, p_end, ok = upload(t0, pb)
-                if ok:
-                    r_ms = prm.rtt_ms + jitter()
-                    acked = p_end + r_ms / 1e3
-                    ev.at(acked, lambda a=acked, s=acked - p0, pb=pb, r=r_ms: (
-                        sched.observe_rtt(a, r), sched.observe_upload(a, pb, s, probe=True),
-                        sched.observe_success(a)))
-                else:
-                    ev.at(p_end, lambda a=p_end: sched.observe_failure(a, probe=True))
-            d = sched.decide(t0)
-            c = sched.table.configs[d.index]
-            fallback, relief = d.fallback, d.relief
-            chosen = sched.chosen.key if sched.chosen is not None else c.key
-            e = sched.bandwidth.estimate_bps
-            est = e / 1e6 if e else None
-        elif policy is Policy.DEVICE:
-            c = full
-        elif policy is Policy.CLOUD:
-            c = configs[jpeg_i]
-        elif policy is Policy.FIXED8:
-            c = configs[fixed]
-        else:
-            c = configs[oracle_index(t0)]
-
+        pick = choice.pick(t0)
+        c = pick.config
         if c.where is not Where.DEVICE:
             # at most pipeline_depth offloaded frames in flight: wait for the oldest answer
-            while in_flight and in_flight[0] <= t0:
-                heapq.heappop(in_flight)
-            if len(in_flight) >= prm.pipeline_depth:
-                t0 = heapq.nsmallest(len(in_flight) - prm.pipeline_depth + 1, in_flight)[-1]
+            while self.in_flight and self.in_flight[0] <= t0:
+                heapq.heappop(self.in_flight)
+            if len(self.in_flight) >= prm.pipeline_depth:
+                t0 = heapq.nsmallest(len(self.in_flight) - prm.pipeline_depth + 1, self.in_flight)[-1]
                 t_arr = t_arr if arrival is not None else t0
-        slow = noise()
-        dev_ms = (c.head_ms + c.pack_ms) * slow
-        dev_done = t0 + dev_ms / 1e3
-        device_free = dev_done
-        failed = False
-        cloud_ms = 0.0
+        dev_ms = (c.head_ms + c.pack_ms) * self.noise()
+        dev_done = self.device_free = t0 + dev_ms / 1e3
+        failed, cloud_ms = False, 0.0
         if c.where is Where.DEVICE:
             done = dev_done
-            if sched is not None:
-                ev.at(done, lambda m=dev_ms: sched.observe_device("full", m))
+            choice.on_device(done, FULL, dev_ms, None)
         else:
-            if sched is not None:
-                ev.at(dev_done, lambda s=c.split, m=dev_ms, b=c.bits: sched.observe_device(s, m, b))
-            u0, u_end, ok = upload(dev_done, c.bytes)
-            if ok:
-                arrive = u_end + rtt / 2
-                cstart = max(arrive, cloud_free)
-                tail = c.tail_ms * noise()
+            choice.on_device(dev_done, c.split, dev_ms, c.bits)
+            up = self.uplink.send(dev_done, c.bytes, choice.upload_timeout_s(c.bytes))
+            if up.ok:
+                arrive = up.end_s + self.rtt_s / 2
+                cstart = max(arrive, self.cloud_free)
+                tail = c.tail_ms * self.noise()
                 cloud_ms = c.unpack_ms + tail
-                cloud_free = cstart + cloud_ms / 1e3
-                r_ms = prm.rtt_ms + jitter()
-                done = cloud_free + bgq + r_ms / 2e3
-                if sched is not None:
-                    q_ms = (cstart - arrive + bgq) * 1e3
-                    secs = u_end - u0 + r_ms / 1e3
-                    ev.at(done, lambda a=done, s=c.split, b=c.bytes, secs=secs, r=r_ms,
-                          t=tail, q=q_ms: (sched.observe_rtt(a, r), sched.observe_upload(a, b, secs),
-                                           sched.observe_cloud(s, t, q), sched.observe_success(a)))
-            else:
+                self.cloud_free = cstart + cloud_ms / 1e3
+                r_ms = prm.rtt_ms + self.jitter()
+                done = self.cloud_free + self.background_s + r_ms / 2e3
+                choice.on_answer(done, c.split, c.bytes, up.end_s - up.start_s + r_ms / 1e3, r_ms,
+                                 tail, (cstart - arrive + self.background_s) * 1e3)
+            else:   # the upload outlasted the scheduler's timeout: the device finishes it
                 failed = True
-                failures += 1
-                ev.at(u_end, lambda a=u_end: sched.observe_failure(a))
-                start = max(u_end, device_free)
-                local = full.head_ms * noise()
-                device_free = done = start + local / 1e3
-        if fallback:
-            fallback_frames += 1
-        if c.where is not Where.DEVICE:
-            heapq.heappush(in_flight, done)
-        first_t = t_arr if first_t is None else first_t
-        last_done = done if last_done is None else max(last_done, done)
+                self.failures += 1
+                choice.on_failure(up.end_s)
+                start = max(up.end_s, self.device_free)
+                self.device_free = done = start + full.head_ms * self.noise() / 1e3
+            heapq.heappush(self.in_flight, done)
+        self.fallback_frames += pick.fallback
+        self.first_t = t_arr if self.first_t is None else self.first_t
+        self.last_done = done if self.last_done is None else max(self.last_done, done)
         latency = (done - t_arr) * 1e3
         drop = 0.0 if failed else c.drop_pp
-        lat.append(latency)
-        byt.append(c.bytes)
-        cms.append(cloud_ms)
-        drops.append(drop)
-        keys.append(c.key)
-        depths.append(c.depth)
+        self.lat.append(latency)
+        self.bytes.append(c.bytes)
+        self.cloud_ms.append(cloud_ms)
+        self.drops.append(drop)
+        self.keys.append(c.key)
+        self.depths.append(c.depth)
         if keep_timeline:
-            records.append(FrameRecord(len(lat) - 1, t0, done, latency, c.key, c.split, c.bits,
-                                       c.where.value, c.depth, c.bytes, cloud_ms, drop, est,
-                                       fallback, failed, relief, chosen or c.key))
+            self.records.append(FrameRecord(
+                len(self.lat) - 1, t0, done, latency, c.key, c.split, c.bits, c.where.value,
+                c.depth, c.bytes, cloud_ms, drop, pick.est_mbps, pick.fallback, failed,
+                pick.relief, pick.chosen_key or c.key))
 
-    nfr = len(lat)
-    if nfr == 0:
-        raise ValueError(f"no frame was processed: the trace or --duration-s ({prm.duration_s}) "
-                         f"is too short for one frame")
-    span = max(last_done - first_t, 1e-9)
-    la = np.asarray(lat)
-    shares: dict[str, int] = {}
-    for k in keys:
-        shares[k] = shares.get(k, 0) + 1
-    summary = {
-        "policy": policy.value,
-        "objective": objective.label,
-        "slo": {k: v for k, v in asdict(slo).items() if v is not None},
-        "trace": trace.name,
-        "frames": nfr,
-        "dropped_frames": dropped,
-        "sim_seconds": round(span, 3),
-        "throughput_fps": nfr / span,
-        "latency_ms_mean": float(la.mean()),
-        "latency_ms_p50": float(np.percentile(la, 50)),
-        "latency_ms_p95": float(np.percentile(la, 95)),
-        "latency_ms_p99": float(np.percentile(la, 99)),
-        "bytes_per_frame": float(np.mean(byt)),
-        "probe_bytes_per_frame": probe_bytes / nfr,
-        "cloud_ms_per_frame": float(np.mean(cms)),
-        "accuracy_drop_pp": float(np.mean(drops)),
-        # online policies: switches of the chosen configuration (relief frames are not one)
-        "switches": (sched.switches if sched is not None
-                     else int(sum(a != b for a, b in zip(keys, keys[1:])))),
-        "relief_frames": sched.relief_frames if sched is not None else 0,
-        "failures": failures,
-        "fallback_frames": fallback_frames,
-        "slo_latency_met": (float(np.mean(la <= slo.max_latency_ms))
-                            if slo.max_latency_ms is not None else None),
-        "mean_split_depth": float(np.mean(depths)),
-        "configs": dict(sorted(shares.items(), key=lambda kv: -kv[1])[:8]),
-        "trace_mean_mbps": trace.mean_bps / 1e6,
-    }
-    return SimResult(summary, records)
+    def summary(self) -> dict:
+        prm, slo, sched = self.prm, self.slo, self.choice.scheduler
+        frames = len(self.lat)
+        if frames == 0:
+            raise ValueError(f"no frame was processed: the trace or --duration-s ({prm.duration_s}) "
+                             f"is too short for one frame")
+        span = max(self.last_done - self.first_t, 1e-9)
+        la = np.asarray(self.lat)
+        shares: dict[str, int] = {}
+        for k in self.keys:
+            shares[k] = shares.get(k, 0) + 1
+        probe_bytes = getattr(self.choice, "probe_bytes", 0.0)
+        return {
+            "policy": self.policy.value,
+            "objective": self.objective.label,
+            "slo": {k: v for k, v in asdict(slo).items() if v is not None},
+            "trace": self.trace.name,
+            "frames": frames,
+            "dropped_frames": self.dropped,
+            "sim_seconds": round(span, 3),
+            "throughput_fps": frames / span,
+            "latency_ms_mean": float(la.mean()),
+            "latency_ms_p50": float(np.percentile(la, 50)),
+            "latency_ms_p95": float(np.percentile(la, 95)),
+            "latency_ms_p99": float(np.percentile(la, 99)),
+            "bytes_per_frame": float(np.mean(self.bytes)),
+            "probe_bytes_per_frame": probe_bytes / frames,
+            "cloud_ms_per_frame": float(np.mean(self.cloud_ms)),
+            "accuracy_drop_pp": float(np.mean(self.drops)),
+            # online policies: switches of the chosen configuration (relief frames are not one)
+            "switches": (sched.switches if sched is not None
+                         else int(sum(a != b for a, b in zip(self.keys, self.keys[1:])))),
+            "relief_frames": sched.relief_frames if sched is not None else 0,
+            "failures": self.failures,
+            "fallback_frames": self.fallback_frames,
+            "slo_latency_met": (float(np.mean(la <= slo.max_latency_ms))
+                                if slo.max_latency_ms is not None else None),
+            "mean_split_depth": float(np.mean(self.depths)),
+            "configs": dict(sorted(shares.items(), key=lambda kv: -kv[1])[:8]),
+            "trace_mean_mbps": self.trace.mean_bps / 1e6,
+        }
 
 
 # --- CLI ------------------------------------------------------------------------------------
