@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import _common as common
@@ -316,17 +315,18 @@ def _server_mean(results: list, key: str) -> float | None:
 def device_stage_ms(rt, config: dict, frames: np.ndarray, repeats: int) -> float:
     """Head + pack on this machine as the runtime does them, scaled to the device class (ms)."""
     from splitinfer import codec
+    from splitinfer.bundle.profile import config_variant
 
     split = rt.manifest.split(config["split"])
-    params = config.get("params", "frame")
-    own = rt.allocations if params == "allocated" else rt.calibration
-    variant = codec.variant_kwargs(params, config["bits"], own.get(split.name))
+    variant = config_variant(config)
+    own = rt.allocations if variant == "allocated" else rt.calibration
+    pack_kwargs = codec.variant_kwargs(variant, config["bits"], own.get(split.name))
     times = []
     for i in range(repeats + 2):
         t0 = time.perf_counter()
         act = rt.pool.run(split.name, frames[i % len(frames)])
         codec.pack(act, config["bits"], model_sha256=rt.manifest.model.sha256,
-                     split_index=split.index, **variant)
+                   split_index=split.index, **pack_kwargs)
         times.append(time.perf_counter() - t0)
     return float(np.median(times[2:]) * 1e3 * max(rt.device_factor, 1.0))
 

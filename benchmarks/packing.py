@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import _common as common
@@ -44,6 +43,7 @@ from benchmarks.packing_layouts import GROUPS, layer_model, sample
 from edge_runtime.interpreter import default_num_threads
 from splitinfer import codec
 from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
+from splitinfer.bundle.profile import config_variant
 
 DEFAULT_OUT = common.RESULTS / "packing.json"
 GOAL_UP_TO = 60.0  # x float32, best configuration within the budget
@@ -119,7 +119,7 @@ def per_split(configs: list[dict], split_order: list[str], max_drop_pp: float,
                "bytes_mean": None, "drop_pp": None, "agreement": None,
                "vs_float32": None, "vs_jpeg": None}
         if best is not None:
-            row.update(bits=best["bits"], params=best.get("params", "frame"),
+            row.update(bits=best["bits"], params=config_variant(best),
                        bytes_mean=best["bytes_mean"], drop_pp=best["drop_pp"],
                        agreement=best.get("agreement"), vs_float32=vs_float32(best),
                        vs_jpeg=common.ratio(jpeg_bytes, best["bytes_mean"]))
@@ -132,7 +132,7 @@ def config_summary(c: dict | None, jpeg_bytes: float | None, lossless_bytes: flo
     if c is None:
         return None
     return {
-        "split": c["split"], "bits": c["bits"], "params": c.get("params", "frame"),
+        "split": c["split"], "bits": c["bits"], "params": config_variant(c),
         "bytes_mean": c["bytes_mean"], "bytes_p95": c.get("bytes_p95"),
         "float32_bytes": c.get("float32_bytes"), "drop_pp": c["drop_pp"],
         "agreement": c.get("agreement"),
@@ -230,7 +230,7 @@ def measure_real(bundle: Path, manifest: Manifest, config: dict, frames: np.ndar
     """Pack cost and entropy of `config` on real activations from the real head."""
     split = manifest.split(config["split"])
     bits = config["bits"]
-    params = config.get("params", "frame")
+    params = config_variant(config)
     calibrated = params in codec.REFERENCED_PARAMS
     ranges = split_ranges(bundle, split.name, "allocated" if params == "allocated" else "ranges") \
         if calibrated else None

@@ -4,6 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from splitinfer.bundle.profile import config_variant
+
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of points not dominated in (bytes, drop): fewer bytes and no more drop is better."""
@@ -40,7 +42,7 @@ def plot_pareto(profile: dict, path: Path, title: str = "accuracy vs bytes") -> 
     for i in front:
         c = configs[i]
         if c["drop_pp"] <= 5:
-            allocated = c.get("params") == "allocated" and c.get("mean_bits") is not None
+            allocated = config_variant(c) == "allocated" and c.get("mean_bits") is not None
             label = f"{c['mean_bits']:.2g}b per channel" if allocated else f"{c['bits']}b"
             ax.annotate(label, points[i], textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")

@@ -147,16 +147,16 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
         measured = _measure_split(manifest, split, interp, tail, ranges, dataset, options, allocation)
         split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
-        for (bits, params), m in measured.items():
+        for (bits, variant), m in measured.items():
             row = {
-                "split": split.name, "bits": bits, "params": params,
+                "split": split.name, "bits": bits, "variant": variant,
                 **_byte_stats(m["bytes"]),
                 **_accuracy_fields(np.array(m["pred"]), float_pred, dataset.labels, float_top1),
                 "pack_ms": float(np.mean(m["pack_s"]) * 1e3),
                 "unpack_ms": float(np.mean(m["unpack_s"]) * 1e3),
                 "float32_bytes": int(np.prod(split.shape) * 4),
             }
-            if params == "allocated":
+            if variant == "allocated":
                 row["mean_bits"] = allocation.mean_bits
             variants.append(row)
         configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
@@ -206,7 +206,7 @@ def choose_variants(rows: Sequence[dict]) -> list[dict]:
         options = by_bits[bits]
         best = min(_drop_for_choice(r) for r in options)
         close = [r for r in options if _drop_for_choice(r) <= best + VARIANT_TOLERANCE_PP]
-        chosen.append(dict(min(close, key=lambda r: (r["bytes_mean"], order.get(r["params"], 9)))))
+        chosen.append(dict(min(close, key=lambda r: (r["bytes_mean"], order.get(r["variant"], 9)))))
     return chosen
 
 
@@ -266,18 +266,18 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allo
                 m["pred"].extend(p.tolist())
             pending.clear()
 
-        for bits, params in variants:
+        for bits, variant in variants:
             decoded = np.empty_like(acts)
-            m = out[(bits, params)]
-            own = allocation if params == "allocated" else ranges
+            m = out[(bits, variant)]
+            own = allocation if variant == "allocated" else ranges
             for i, a in enumerate(acts):
                 t0 = time.perf_counter()
                 payload = codec.pack(
                     a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
-                    **codec.variant_kwargs(params, bits, own),
+                    **codec.variant_kwargs(variant, bits, own),
                 )
                 t1 = time.perf_counter()
-                decoded[i] = codec.unpack(payload, ranges=own if params in codec.REFERENCED_PARAMS else None)
+                decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
                 t2 = time.perf_counter()
                 m["bytes"].append(len(payload))
                 m["pack_s"].append(t1 - t0)
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
           f"JPEG {profile['jpeg']['bytes_mean']:.0f} B")
     if best:
         print(f"fewest bytes within 1 pp: {best['split']} @ {best['bits']} bits "
-              f"({best['params']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
+              f"({best['variant']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
     print(f"wrote {args.out or args.bundle / 'profile.json'}, {plot}")
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_runtime.interpreter import RuntimeInfo, load_interpreter
 from splitinfer.bundle.manifest import FULL, Manifest
+from splitinfer.bundle.profile import Profile
 
 
 @dataclass
@@ -106,14 +107,14 @@ class HeadPool:
         )
 
 
-def useful_heads(manifest: Manifest, profile: dict | None, max_drop_pp: float = 1.0) -> list[str]:
+def useful_heads(manifest: Manifest, profile: Profile | None, max_drop_pp: float = 1.0) -> list[str]:
     """Splits ordered by usefulness: first those no other split beats on both device compute
     and bytes (within the accuracy budget), then the rest spread by compute."""
     heads = [s for s in manifest.splits if s.head]
     best_bytes: dict[str, float] = {}
-    for c in (profile or {}).get("configs", []):
-        if c["drop_pp"] <= max_drop_pp:
-            best_bytes[c["split"]] = min(best_bytes.get(c["split"], float("inf")), c["bytes_mean"])
+    for c in (profile.configs if profile is not None else ()):
+        if c.drop_pp <= max_drop_pp:
+            best_bytes[c.split] = min(best_bytes.get(c.split, float("inf")), c.bytes_mean)
     if not best_bytes:
         best_bytes = {s.name: float(np.prod(s.shape)) for s in heads}
     front, rest = [], []

@@ -9,7 +9,6 @@ and a second answer for a frame is an error.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -25,6 +24,7 @@ from edge_runtime.images import encode_jpeg
 from edge_runtime.uplink import CloudAnswer, CloudClient, CloudError
 from splitinfer import codec
 from splitinfer import protocol as P
+from splitinfer.bundle.profile import PROFILE_FILE, load_profile
 from splitinfer.bundle.calibration import load_calibration
 from splitinfer.bundle.manifest import INPUT_SPLIT, BundleError, load_manifest
 
@@ -108,10 +108,12 @@ class EdgeRuntime:
         self.config = config
         self.clock = clock
         self.manifest = load_manifest(self.bundle)
-        self.profile = _read_optional_json(self.bundle / "profile.json")
+        profile_file = self.bundle / PROFILE_FILE
+        self.profile = load_profile(profile_file) if profile_file.is_file() else None
         self.calibration = load_calibration(self.bundle, self.manifest)
         self.allocations = load_calibration(self.bundle, self.manifest, kind="allocated")
-        self._params = _packing_params(self.bundle, self.profile)
+        # (split, bits) -> the variant the profiler measured: how the edge packs that config
+        self._params = {(c.split, c.bits): c.variant for c in (self.profile.configs if self.profile else ())}
         unallocated = sorted({s for (s, _), p in self._params.items() if p == "allocated"} - set(self.allocations))
         if unallocated:
             raise BundleError(f"{self.bundle / 'profile.json'} has per-channel (bits 1) configurations for "
@@ -399,29 +401,3 @@ def summarize(results: list[FrameResult], wall_s: float) -> dict[str, Any]:
         "where": where,
         "switches": switches,
     }
-
-
-def _read_optional_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise BundleError(f"Cannot read {path}: {e}") from e
-
-
-def _packing_params(bundle: Path, profile: dict | None) -> dict[tuple[str, int], str]:
-    """(split, bits) -> how the profiler packed it (a `codec.PROFILE_VARIANTS` name)."""
-    try:
-        out = {(c["split"], int(c["bits"])): c.get("params", "frame")
-               for c in (profile or {}).get("configs", [])}
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise BundleError(f"{bundle / 'profile.json'}: every entry of 'configs' needs a 'split' "
-                          f"and integer 'bits' ({type(e).__name__}: {e}); rerun python -m "
-                          "converter.profile") from None
-    unknown = sorted({v for v in out.values() if v not in codec.PROFILE_VARIANTS})
-    if unknown:
-        raise BundleError(f"{bundle / 'profile.json'}: params {unknown} unknown to this edge "
-                          f"(it knows {list(codec.PROFILE_VARIANTS)}); rerun python -m "
-                          "converter.profile or update the edge")
-    return out

@@ -10,6 +10,7 @@ import pytest
 from edge_runtime.heads import HeadPool, useful_heads
 from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame
 from splitinfer.bundle.manifest import load_manifest
+from splitinfer.bundle.profile import load_profile
 from tests.conftest import run_module
 from splitinfer.testing import CloudProcess, wait_until
 
@@ -44,8 +45,7 @@ def test_head_pool_keeps_every_head_ready(profiled_bundle):
 def test_max_heads_keeps_the_most_useful(profiled_bundle):
     bundle, _ = profiled_bundle
     manifest = load_manifest(bundle)
-    profile = json.loads((bundle / "profile.json").read_text())
-    order = useful_heads(manifest, profile)
+    order = useful_heads(manifest, load_profile(bundle / "profile.json"))
     assert sorted(order) == sorted(s.name for s in manifest.splits if s.head)
     with HeadPool(bundle, manifest, max_heads=2, priority=order) as pool:
         assert pool.loaded == [n for n in manifest.split_names if n in order[:2]]

@@ -15,24 +15,24 @@ def test_pareto_front_is_the_lower_left_staircase():
 
 def test_choose_variants_prefers_calibrated_only_when_it_is_free():
     rows = [
-        {"bits": 4, "params": "frame", "bytes_mean": 500, "drop_pp": 0.2, "agreement": 0.99},
-        {"bits": 4, "params": "calibrated", "bytes_mean": 300, "drop_pp": 0.3, "agreement": 0.99},
-        {"bits": 2, "params": "frame", "bytes_mean": 300, "drop_pp": 0.5, "agreement": 0.98},
-        {"bits": 2, "params": "calibrated", "bytes_mean": 200, "drop_pp": 3.0, "agreement": 0.9},
+        {"bits": 4, "variant": "frame", "bytes_mean": 500, "drop_pp": 0.2, "agreement": 0.99},
+        {"bits": 4, "variant": "calibrated", "bytes_mean": 300, "drop_pp": 0.3, "agreement": 0.99},
+        {"bits": 2, "variant": "frame", "bytes_mean": 300, "drop_pp": 0.5, "agreement": 0.98},
+        {"bits": 2, "variant": "calibrated", "bytes_mean": 200, "drop_pp": 3.0, "agreement": 0.9},
     ]
-    chosen = {r["bits"]: r["params"] for r in choose_variants(rows)}
+    chosen = {r["bits"]: r["variant"] for r in choose_variants(rows)}
     assert chosen == {2: "frame", 4: "calibrated"}
 
 
 def test_choose_variants_takes_clipped_ranges_when_they_save_accuracy():
     rows = [
-        {"bits": 2, "params": "frame", "bytes_mean": 300, "drop_pp": 4.0, "agreement": 0.8},
-        {"bits": 2, "params": "clipped", "bytes_mean": 400, "drop_pp": 0.5, "agreement": 0.95},
-        {"bits": 2, "params": "calibrated", "bytes_mean": 200, "drop_pp": 9.0, "agreement": 0.7},
-        {"bits": 3, "params": "frame", "bytes_mean": 500, "drop_pp": 0.3, "agreement": 0.97},
-        {"bits": 3, "params": "clipped", "bytes_mean": 560, "drop_pp": 0.2, "agreement": 0.97},
+        {"bits": 2, "variant": "frame", "bytes_mean": 300, "drop_pp": 4.0, "agreement": 0.8},
+        {"bits": 2, "variant": "clipped", "bytes_mean": 400, "drop_pp": 0.5, "agreement": 0.95},
+        {"bits": 2, "variant": "calibrated", "bytes_mean": 200, "drop_pp": 9.0, "agreement": 0.7},
+        {"bits": 3, "variant": "frame", "bytes_mean": 500, "drop_pp": 0.3, "agreement": 0.97},
+        {"bits": 3, "variant": "clipped", "bytes_mean": 560, "drop_pp": 0.2, "agreement": 0.97},
     ]
-    chosen = {r["bits"]: r["params"] for r in choose_variants(rows)}
+    chosen = {r["bits"]: r["variant"] for r in choose_variants(rows)}
     assert chosen == {2: "clipped", 3: "frame"}  # at 3 bits 0.1 pp is not worth 60 bytes
 
 
@@ -50,7 +50,7 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
     profile = json.loads((tiny_bundle / "profile.json").read_text())
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     heads = [s["name"] for s in manifest["splits"] if s["head"]]
-    assert profile["version"] == 1 and profile["model_sha256"] == manifest["model"]["sha256"]
+    assert profile["version"] == 2 and profile["model_sha256"] == manifest["model"]["sha256"]
     assert {(c["split"], c["bits"]) for c in profile["configs"]} == {
         (s, b) for s in heads for b in (1, 2, 3, 4, 5, 6, 8, 16, 32)}
     for c in profile["configs"]:
@@ -76,7 +76,7 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
         assert chosen["tried"] and chosen["mean_bits"] == pytest.approx(allocations[s].mean_bits)
         assert 0 <= chosen["target_agreement"] <= 1 and len(chosen["tried"]) <= 5
         row = by[(s, 1)]
-        assert row["params"] == "allocated" and row["mean_bits"] == pytest.approx(allocations[s].mean_bits)
+        assert row["variant"] == "allocated" and row["mean_bits"] == pytest.approx(allocations[s].mean_bits)
         # whatever budget won, fewer bits per value than 8-bit uniform spend fewer bytes
         assert row["bytes_mean"] < by[(s, 8)]["bytes_mean"]
     assert (tiny_bundle / "pareto.png").stat().st_size > 10_000

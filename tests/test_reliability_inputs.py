@@ -427,7 +427,7 @@ def test_a_profile_naming_allocations_that_calibration_lacks_is_refused_by_the_e
     bundle = tmp_path / "unallocated"
     shutil.copytree(profiled_bundle[0], bundle)
     profile = json.loads((bundle / "profile.json").read_text())
-    allocated = sorted({c["split"] for c in profile["configs"] if c.get("params") == "allocated"})
+    allocated = sorted({c["split"] for c in profile["configs"] if c["variant"] == "allocated"})
     assert allocated, "the tiny bundle's profile has per-channel configurations"
     _json_edit("calibration.json", lambda d: {**d, "splits": {
         k: {kk: vv for kk, vv in v.items() if kk != "allocated"} for k, v in d["splits"].items()}})(bundle)

@@ -26,11 +26,14 @@ def read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
     return data
 
 
-def check_version(data: dict[str, Any], expected: int, path: Path, fix: str) -> None:
+def check_version(data: dict[str, Any], readable: int | tuple[int, ...], path: Path,
+                  fix: str) -> None:
+    readable = (readable,) if isinstance(readable, int) else tuple(readable)
     got = data.get("version")
-    if got != expected:
+    if got not in readable:
+        known = " or ".join(str(v) for v in readable)
         raise FormatError(f"{path}: version {got!r} is not supported, this build reads version "
-                          f"{expected}; {fix}")
+                          f"{known}; {fix}")
 
 
 def field(data: dict[str, Any], key: str, path: Path) -> Any:

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from splitinfer.bundle.files import check_version, field, read_json
 from splitinfer.bundle.manifest import load_manifest as read_manifest
+from splitinfer.codec import PROFILE_VARIANTS
 from splitinfer.errors import BundleError, FormatError
 
 PROFILE_FILE = "profile.json"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2  # 2: a config's range choice is "variant" (version 1 called it "params")
+READABLE_PROFILE_VERSIONS = (1, 2)
+
+
+def config_variant(row: dict[str, Any]) -> str:
+    """How the profiler packed a config row (`splitinfer.codec.PROFILE_VARIANTS`), in either
+    version of profile.json."""
+    return str(row.get("variant", row.get("params", "frame")))
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,7 @@ class ConfigProfile:
     bytes_p95: float
     pack_ms: float
     unpack_ms: float
+    variant: str = "frame"  # how its ranges were found (`splitinfer.codec.PROFILE_VARIANTS`)
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,7 @@ def load_manifest_info(path: Path) -> ManifestInfo:
 def load_profile(path: Path) -> Profile:
     fix = "re-run `python -m converter.profile` on the bundle"
     data = read_json(path, "offline profile", fix)
-    check_version(data, PROFILE_VERSION, path, fix)
+    check_version(data, READABLE_PROFILE_VERSIONS, path, fix)
     try:
         j = field(data, "jpeg", path)
         jpeg = JpegProfile(quality=int(j.get("quality", 90)), bytes_mean=float(j["bytes_mean"]),
@@ -106,8 +116,12 @@ def load_profile(path: Path) -> Profile:
                           bytes_mean=float(c["bytes_mean"]),
                           bytes_p95=float(c.get("bytes_p95", c["bytes_mean"])),
                           pack_ms=float(c.get("pack_ms", 0.0)),
-                          unpack_ms=float(c.get("unpack_ms", 0.0)))
+                          unpack_ms=float(c.get("unpack_ms", 0.0)), variant=config_variant(c))
             for c in field(data, "configs", path))
+        unknown = sorted({c.variant for c in configs} - set(PROFILE_VARIANTS))
+        if unknown:
+            raise FormatError(f"{path}: variants {unknown} are unknown to this build (it knows "
+                              f"{list(PROFILE_VARIANTS)}); {fix} or update splitinfer")
         return Profile(float_top1=float(data.get("float_top1", 0.0)), jpeg=jpeg, tail_ms=tail_ms,
                        configs=configs)
     except (KeyError, TypeError, ValueError) as e:
