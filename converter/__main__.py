@@ -6,7 +6,6 @@ import sys
 import time
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m converter",

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from splitinfer.quiet import import_tensorflow
 from edge_runtime.images import (
     ImageError,
     decode_image,
@@ -31,7 +30,9 @@ from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
 from splitinfer.bundle.manifest import Manifest, load_manifest
 from splitinfer.bundle.profile import PROFILE_VERSION
+from splitinfer.encoding import Encoding
 from splitinfer.errors import BundleError
+from splitinfer.quiet import import_tensorflow
 
 ALL_BITS = (codec.MIXED_BITS, 2, 3, 4, 5, 6, 8, 16, 32)
 QUANTIZED_BITS = (2, 3, 4, 5, 6, 8)
@@ -390,7 +391,7 @@ def main(argv=None) -> int:
           f"{time.perf_counter() - t0:.0f} s; float top-1 {profile['float_top1']}; "
           f"JPEG {profile['jpeg']['bytes_mean']:.0f} B")
     if best:
-        print(f"fewest bytes within 1 pp: {best['split']} @ {best['bits']} bits "
+        print(f"fewest bytes within 1 pp: {best['split']} @ {Encoding.of(best['bits']).label} "
               f"({best['variant']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
     print(f"wrote {args.out or args.bundle / 'profile.json'}, {plot}")
     return 0

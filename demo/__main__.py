@@ -272,7 +272,7 @@ def live_run(args, link, url: str, policy: str, frames, duration: float) -> dict
             r = new[-1]
             print(f"  [{name:6s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s "
                   f"est {r['est_mbps']:5.2f}  {len(new):3d} fps  {r['split'][:22]:22s} "
-                  f"{str(r['bits'] or '-'):>2s}b {np.mean([x['bytes'] for x in new]):7.0f} B  "
+                  f"{r.get('encoding', '-'):>11s} {np.mean([x['bytes'] for x in new]):7.0f} B  "
                   f"{np.mean([x['latency_ms'] for x in new]):6.0f} ms  acc {np.mean(acc) if acc else 0:.3f}")
 
     print(f"demo: live run '{name}' for {duration:.0f} s")

@@ -11,6 +11,7 @@ from typing import Iterator
 from edge_runtime.images import ImageError, check_image_file, list_images, load_image
 from edge_runtime.runner import POLICIES, EdgeConfig, EdgeRuntime, Frame, summarize
 from splitinfer.bundle.manifest import BundleError
+from splitinfer.encoding import Encoding
 from splitinfer.protocol import TOKEN_ENV
 
 DATASETS = ("fashion-test",)
@@ -22,7 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cloud", help="cloud service URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--policy", default="auto", choices=POLICIES)
     p.add_argument("--split", help="split for --policy fixed")
-    p.add_argument("--bits", type=int, help="bit width for --policy fixed (1: the split's per-channel allocation)")
+    p.add_argument("--bits", type=_encoding_bits, metavar="ENCODING",
+                   help="encoding for --policy fixed: 2..8 bits, float16, float32, or per-channel "
+                        "(the split's allocation; also 1)")
     p.add_argument("--objective", default="throughput",
                    help="latency | throughput | cloud | bytes, or weights like latency=0.7,bytes=0.3")
     p.add_argument("--slo-ms", type=float, help="max latency per frame (ms)")
@@ -45,6 +48,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "(default: the system trust store)")
     p.add_argument("--jsonl", help="write one JSON line per frame here ('-' for stdout)")
     return p.parse_args(argv)
+
+
+def _encoding_bits(text: str) -> int:
+    """--bits: a width or an encoding's name, as the wire's integer tag."""
+    try:
+        enc = Encoding.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if enc.bits is None:
+        raise argparse.ArgumentTypeError(f"{text!r} sends no activation; --policy cloud sends JPEG")
+    return enc.bits
 
 
 def frames_from_images(path: Path, shape, limit: int | None) -> Iterator[Frame]:

@@ -24,9 +24,10 @@ from edge_runtime.images import encode_jpeg
 from edge_runtime.uplink import CloudAnswer, CloudClient, CloudError
 from splitinfer import codec
 from splitinfer import protocol as P
-from splitinfer.bundle.profile import PROFILE_FILE, load_profile
 from splitinfer.bundle.calibration import load_calibration
 from splitinfer.bundle.manifest import INPUT_SPLIT, BundleError, load_manifest
+from splitinfer.bundle.profile import PROFILE_FILE, load_profile
+from splitinfer.encoding import Encoding
 
 POLICIES = ("auto", "device", "cloud", "fixed")
 
@@ -56,6 +57,8 @@ class EdgeConfig:
             raise ValueError(f"Expected one of {POLICIES}. Received: policy={self.policy!r}")
         if self.policy == "fixed" and (self.split is None or self.bits is None):
             raise ValueError("policy=fixed needs --split NAME and --bits N.")
+        if self.bits is not None:
+            Encoding.of(self.bits)  # ValueError names the encodings there are
         if self.pipeline_depth < 1 or self.senders < 1:
             raise ValueError("pipeline_depth and senders must be >= 1.")
 
@@ -84,8 +87,13 @@ class FrameResult:
     t_s: float = 0.0  # completion time since the run started
     server: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def encoding(self) -> Encoding:
+        return Encoding.of(self.bits, self.split)
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["encoding"] = self.encoding.label
         d["correct"] = None if self.label is None else bool(self.top1 == self.label)
         return d
 

@@ -20,7 +20,6 @@ from splitinfer import protocol as P
 from splitinfer.errors import CloudError
 
 
-
 @dataclass(frozen=True)
 class CloudAnswer:
     top1: int

@@ -38,6 +38,7 @@ from typing import Iterable
 import numpy as np
 
 from splitinfer.bundle.manifest import FULL, INPUT_SPLIT
+from splitinfer.encoding import Encoding
 
 # Cloud-only JPEG costs when profile.json does not carry them (FORMATS.md v1 has no field for
 # them): encode on this machine, decode on the cloud CPU. PIL encodes a 160x160 RGB image at
@@ -124,7 +125,7 @@ class Config:
     """One way to run a frame. Costs are already scaled to the device and cloud classes."""
 
     split: str            # "full" (device-only), "input" (cloud-only JPEG) or a split name
-    bits: int | None      # payload bits per value; None for full and JPEG
+    bits: int | None      # the wire tag of its encoding (see `encoding`); None for full and JPEG
     where: Where
     head_ms: float        # device compute (full model for device-only)
     pack_ms: float        # device-side pack or JPEG encode
@@ -133,6 +134,11 @@ class Config:
     tail_ms: float        # cloud compute of the tail
     drop_pp: float        # accuracy drop vs the float model, percentage points
     depth: int = 0        # position along the network: 0 = input, larger = later; full = last
+
+    @property
+    def encoding(self) -> Encoding:
+        """What `bits` stands for: a width, a float, per-channel widths, JPEG or nothing."""
+        return Encoding.of(self.bits, self.split)
 
     @property
     def key(self) -> str:

@@ -29,6 +29,7 @@ from scheduler.core import (
 from scheduler.scheduler import Scheduler, SchedulerParams
 from scheduler.traces import last_index
 from scheduler.uplink import Uplink
+from splitinfer.encoding import FLOAT32, Encoding
 
 
 @dataclass(frozen=True)
@@ -182,13 +183,14 @@ class OraclePolicy(StaticPolicy):
 
 def neurosurgeon_table(table: ConfigTable) -> ConfigTable:
     """Device-only, cloud-only JPEG and float32 splits: Neurosurgeon's search space."""
-    return table.select(lambda c: c.where is Where.CLOUD or c.bits == 32)
+    return table.select(lambda c: c.where is Where.CLOUD or c.encoding == FLOAT32)
 
 
 def fixed8_index(table: ConfigTable, objective: Objective, slo: Slo, bandwidth_bps: float,
                  rtt_ms: float, depth: int) -> int:
     """The 8-bit split that is best for the objective at a constant `bandwidth_bps`."""
-    eight = [i for i, c in enumerate(table.configs) if c.where is Where.SPLIT and c.bits == 8]
+    eight = [i for i, c in enumerate(table.configs)
+             if c.where is Where.SPLIT and c.encoding == Encoding("quantized", 8)]
     if not eight:
         raise ValueError("the profile has no 8-bit configurations, so the fixed8 baseline is "
                          "undefined: profile bits=8 with `python -m converter.profile`")

@@ -26,7 +26,8 @@ def convert(model: Any, out: str | os.PathLike, *, weights: str | None = None,
     """Cut `model` (a keras.Model, a .keras/.h5 path or "zoo:NAME") into a verified bundle at
     `out` and return its path. The model's identity (sha256) is computed here: of the file for
     a path, of the architecture name and every weight for an in-memory model."""
-    from converter.build import ConvertOptions, convert as build
+    from converter.build import ConvertOptions
+    from converter.build import convert as build
     from converter.sources import load_source, weights_sha256
 
     if isinstance(model, (str, os.PathLike)):
@@ -73,7 +74,8 @@ def EdgeRuntime(bundle: str | os.PathLike, cloud: str | None = None, **options: 
     """The board's runtime for `bundle`: device-only without `cloud`, else the scheduler picks
     (split, bits) per frame. `options` are `edge_runtime.runner.EdgeConfig` fields (policy,
     objective, slo_ms, max_drop_pp, device_class, token, ca_cert, ...). A context manager."""
-    from edge_runtime.runner import EdgeConfig, EdgeRuntime as Runtime
+    from edge_runtime.runner import EdgeConfig
+    from edge_runtime.runner import EdgeRuntime as Runtime
 
     if cloud is None:
         options.setdefault("policy", "device")
