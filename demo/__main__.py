@@ -137,10 +137,14 @@ def bundle_is_ready(bundle: Path, fingerprint: str, min_images: int) -> bool:
 
 
 def profiled_images(bundle: Path) -> int:
-    """How many images the bundle's profile measured (0: none, or unreadable)."""
+    """How many images the bundle's profile measured (0: none, or one this build cannot read,
+    so the demo profiles again)."""
+    from splitinfer.bundle.profile import PROFILE_FILE, load_profile
+    from splitinfer.errors import FormatError
+
     try:
-        return int(json.loads((bundle / "profile.json").read_text())["dataset"]["n"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return load_profile(bundle / PROFILE_FILE).images
+    except FormatError:
         return 0
 
 

@@ -15,10 +15,15 @@ def bundles(tmp_path, monkeypatch):
     return full, fast
 
 
+def _profile(images: int) -> dict:
+    """The smallest profile.json the product reads, measured on `images` images."""
+    return {"version": 2, "dataset": {"n": images}, "jpeg": {"bytes_mean": 5000.0}, "configs": []}
+
+
 def make_bundle(path, fingerprint="zoo:fashion weights abc", images=300, device=True):
     path.mkdir(parents=True)
     (path / demo.SOURCE_STAMP).write_text(fingerprint + "\n")
-    (path / "profile.json").write_text(json.dumps({"dataset": {"n": images}}))
+    (path / "profile.json").write_text(json.dumps(_profile(images)))
     if device:
         (path / "device-this-machine.json").write_text("{}")
 
@@ -66,5 +71,7 @@ def test_profiled_images_reads_the_profile_and_tolerates_junk(tmp_path):
     assert demo.profiled_images(tmp_path) == 0
     (tmp_path / "profile.json").write_text("{not json")
     assert demo.profiled_images(tmp_path) == 0
-    (tmp_path / "profile.json").write_text(json.dumps({"dataset": {"n": 42}}))
+    (tmp_path / "profile.json").write_text(json.dumps({"dataset": {"n": 42}}))  # not a profile
+    assert demo.profiled_images(tmp_path) == 0
+    (tmp_path / "profile.json").write_text(json.dumps(_profile(42)))
     assert demo.profiled_images(tmp_path) == 42

@@ -80,6 +80,7 @@ class Profile:
     jpeg: JpegProfile
     tail_ms: dict[str, float]
     configs: tuple[ConfigProfile, ...]
+    images: int = 0  # how many evaluation images the figures come from
 
 
 def load_manifest_info(path: Path) -> ManifestInfo:
@@ -122,7 +123,8 @@ def load_profile(path: Path) -> Profile:
         if unknown:
             raise FormatError(f"{path}: variants {unknown} are unknown to this build (it knows "
                               f"{list(PROFILE_VARIANTS)}); {fix} or update splitinfer")
+        dataset = data.get("dataset") or {}
         return Profile(float_top1=float(data.get("float_top1", 0.0)), jpeg=jpeg, tail_ms=tail_ms,
-                       configs=configs)
+                       configs=configs, images=int(dataset.get("n", 0)))
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{path}: malformed profile ({e!r}); {fix}") from None
