@@ -54,7 +54,8 @@ def create_app(config: ServerConfig | None = None, *, backend: TailBackend | Non
     """A WSGI app serving `config.bundles`; call it in each worker, after the fork.
 
     `config=None` reads the bundles from $SPLITINFER_BUNDLES (os.pathsep-separated), so
-    `gunicorn 'cloud_runtime:create_app()'` works too. `backend=None` builds the configured one.
+    `gunicorn -c python:cloud_runtime.gunicorn_conf 'cloud_runtime:create_app()'` works too.
+    `backend=None` builds the configured one.
     `start=False` leaves the backend unstarted (tests call `service.start` themselves).
     """
     if config is None:
@@ -121,10 +122,19 @@ def _install_hooks(app: Flask, config: ServerConfig) -> None:
             # A stalled body (408) has nothing to drain; a refused one may still be arriving.
             linger_s = 0.0 if response.status_code == BodyTimeout.status else LINGER_MAX_S
             end = end_after_answer(request.environ, linger_s=linger_s)
-            if end is not None:
-                response.call_on_close(end)
-        response.call_on_close(metrics.request_finished)
+        else:
+            end = None
+        response.call_on_close(lambda: _finish(end, metrics))
         return response
+
+
+def _finish(end, metrics: ServerMetrics) -> None:
+    """After the answer: end the connection if asked, and free the thread in the gauge always."""
+    try:
+        if end is not None:
+            end()
+    finally:
+        metrics.request_finished()
 
 
 def _has_body() -> bool:

@@ -66,7 +66,9 @@ def read_body(read: Callable[[int], bytes], sock: socket.socket | None, *, read_
                                        deadline=bounded_by_deadline) from None
                 raise
             if not chunk:
-                if alarm is not None and alarm.fired:
+                # disarm first: a deadline that fired as the last byte came has shut the read
+                # side, and the connection could not carry another request
+                if alarm is not None and watchdog.disarm(alarm):
                     raise BodyTimedOut(deadline_s, deadline=True)
                 return b"".join(parts)
             parts.append(chunk)
@@ -110,9 +112,11 @@ class Watchdog:
             self._cond.notify()
         return alarm
 
-    def disarm(self, alarm: Alarm) -> None:
+    def disarm(self, alarm: Alarm) -> bool:
+        """Cancel `alarm`; whether it had fired already (the lock orders the two)."""
         with self._cond:
-            alarm.cancelled = True  # popped lazily; the lock orders it against firing
+            alarm.cancelled = True  # popped lazily from the heap
+            return alarm.fired
 
     def _run(self) -> None:
         with self._cond:
@@ -161,14 +165,15 @@ def forget_request(worker, req, environ, resp) -> None:
 def end_after_answer(environ: dict, *, linger_s: float = LINGER_MAX_S,
                      linger_bytes: int = LINGER_MAX_BYTES) -> Callable[[], None] | None:
     """Mark this request's connection to close, and return what ends it once the answer is out
-    (register it with `response.call_on_close`); None when no socket is at hand (test clients).
+    (register it with `response.call_on_close`). None without gunicorn's request at hand (test
+    clients, or gunicorn run without this module's hooks: see cloud_runtime/gunicorn_conf.py):
+    shutting a socket whose answer said keep-alive would race a client reusing it.
     """
     req = getattr(_current, "request", None)
-    if req is not None:
-        req.must_close = True  # gunicorn answers "Connection: close" and skips its own drain
     sock = environ.get("gunicorn.socket")
-    if sock is None:
+    if req is None or sock is None:
         return None
+    req.must_close = True  # gunicorn answers "Connection: close" and skips its own drain
     return lambda: shut(sock, linger_s=linger_s, linger_bytes=linger_bytes)
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
 from cloud_runtime.errors import ApiError, BadRequest
 
@@ -122,6 +122,7 @@ def install(app: Flask, retry_after_s: int) -> FaultInjector:
         if request.method == "GET":
             return jsonify(faults.state())
         body = request.get_json(force=True, silent=True)
+        g.body_read = True  # read whole: the connection may stay open
         if not isinstance(body, dict):
             raise BadRequest('expected a JSON object like {"mode": "error_503", "seconds": 5}')
         return jsonify(faults.set(body.get("mode"), body.get("seconds")))

@@ -29,8 +29,8 @@ class FrameSource:
     """An iterator of `Frame`s from an open capture; also a context manager.
 
     `live` sources (cameras, streams) pace themselves: after a slow frame, what the source made
-    meanwhile is grabbed and dropped down to the newest frame, and frames are numbered by time at
-    the source's rate so that those its own buffer overwrote count as skipped too (a source that
+    meanwhile is grabbed and dropped down to the newest frame and counted as skipped (frames the
+    capture's own buffer overwrote are never seen, so `skipped` is a lower bound; a source that
     reports no rate is read as it comes). `fps` below a camera's rate drops the extra frames.
     A file is replayed on the injected clock at `fps` (or its own rate): a frame more than one
     period overdue is skipped, so a slow pipeline sees what a camera would have shown it.
@@ -144,26 +144,22 @@ class FrameSource:
         return bgr
 
     def _grab(self, period: float | None) -> bool | None:
-        """Grab (not decode) the next frame and number it; True if it had to wait for the
-        source, i.e. the frame was just made: the numbering clock re-syncs to it. None: the end.
+        """Grab (not decode) the next frame and count it; True if it had to wait for the
+        source, i.e. the frame was just made. None: the end.
 
-        Frames are numbered by time at the source's rate, so frames that the capture's own
-        buffer overwrote are counted as skipped too, not only the ones grabbed and dropped."""
+        Only frames grabbed here count, so `skipped` is a lower bound: frames the capture's own
+        buffer overwrote are not seen. Numbering them by time at the reported rate would count
+        phantom frames whenever a camera delivers less than it reports (low light, a
+        variable-rate stream), which is worse for a report than missing a few."""
         t = self._clock()
         if not self._cap.grab():
             return None
         now = self._clock()
-        if self._sync is None:  # the first frame: the numbering clock starts here
+        if self._sync is None:  # the first frame
             self._seen, self._sync = 0, (0, now)
             return False
-        waited = period is not None and now - t > period / 2
-        if waited:
-            n0, t0 = self._sync
-            self._seen = max(self._seen + 1, n0 + round((now - t0) / period))
-            self._sync = (self._seen, now)
-        else:
-            self._seen += 1
-        return waited
+        self._seen += 1
+        return period is not None and now - t > period / 2
 
     def _ended(self) -> np.ndarray | None:
         """The end: frames grabbed since the last delivery were skipped. Always None."""

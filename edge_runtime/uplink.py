@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ssl
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -80,6 +82,9 @@ class CloudClient:
         """
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"Expected an http(s):// URL for the cloud. Received: {base_url!r}")
+        if ca_cert is not None and not base_url.startswith("https://"):
+            raise ValueError(f"--ca-cert verifies an https:// cloud; {base_url} is plain http, "
+                             "where it would protect nothing. Use the https:// URL.")
         if ca_cert is not None and not Path(ca_cert).is_file():
             raise ValueError(f"--ca-cert {ca_cert} is not a file; pass the PEM file of the CA "
                              "that signed the cloud's certificate")
@@ -95,6 +100,12 @@ class CloudClient:
         self._headers = {}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
+            host = urlsplit(base_url).hostname or ""
+            if base_url.startswith("http://") and host not in ("localhost", "::1") \
+                    and not host.startswith("127."):
+                warnings.warn(f"the bearer token would cross the network in clear text to "
+                              f"{base_url}: use https:// (tokens must only travel over TLS)",
+                              stacklevel=2)
         if model_sha256:
             self._headers[P.MODEL_SHA256_HEADER] = model_sha256
 
@@ -116,7 +127,8 @@ class CloudClient:
         t0 = time.perf_counter()
         timeout_s = self._emulated_link(0, timeout_s, t0)
         try:
-            r = self._session.get(f"{self.base_url}{P.HEALTH}", timeout=timeout_s, verify=self._verify)
+            r = self._session.get(f"{self.base_url}{P.HEALTH}", timeout=timeout_s, verify=self._verify,
+                                  allow_redirects=False)
         except requests.exceptions.SSLError as e:
             raise tls_error(self.base_url, e) from e
         except requests.Timeout as e:
@@ -154,7 +166,8 @@ class CloudClient:
         try:
             # (connect, read) timeouts: both bounded by what the latency SLO allows.
             r = self._session.post(f"{self.base_url}{path}", data=body, headers=headers,
-                                   timeout=(min(timeout_s, 3.0), timeout_s), verify=self._verify)
+                                   timeout=(min(timeout_s, 3.0), timeout_s), verify=self._verify,
+                                   allow_redirects=False)  # never resent elsewhere, or in clear
         except requests.exceptions.SSLError as e:
             raise tls_error(self.base_url, e) from e
         except requests.Timeout as e:

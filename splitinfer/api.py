@@ -88,4 +88,7 @@ def create_app(*bundles: str | os.PathLike, **options: Any):
     from cloud_runtime.app import create_app as make
     from cloud_runtime.config import ServerConfig
 
+    if options.get("certfile") or options.get("keyfile"):
+        raise ValueError("TLS is the server's job, not the app's: run `splitinfer serve --certfile "
+                         "F --keyfile K`, or gunicorn with its own --certfile/--keyfile")
     return make(ServerConfig(bundles=tuple(str(b) for b in bundles), **options))

@@ -6,6 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloud_runtime.connection import BodyTimedOut, read_body
+from splitinfer.testing import wait_until
 
 
 class Trickle:
@@ -85,6 +86,43 @@ def test_the_watchdog_ends_a_blocked_read_at_the_deadline():
         a.close()
         assert b.recv(10) == b""  # the peer's close, and no shutdown error on a disarmed alarm
         assert not kept.fired
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_deadline_that_fires_as_the_body_completes_is_a_408():
+    """The watchdog shut the read side while the last bytes came in: the body is complete, but
+    the connection could not carry another request, so the answer is 408 and a close."""
+    import socket
+
+    from cloud_runtime.connection import Watchdog
+
+    a, b = socket.socketpair()
+    try:
+        dog = Watchdog()
+        chunks = [b"body", b""]
+
+        def read(n):
+            if not chunks[1:]:  # the end of the body: let the deadline pass first
+                assert dog_fired.wait(5)
+            return chunks.pop(0)
+
+        import threading
+
+        dog_fired = threading.Event()
+        real_arm = dog.arm
+
+        def arm(sock, at):
+            alarm = real_arm(sock, at)
+            threading.Thread(target=lambda: (wait_until(lambda: alarm.fired, 5), dog_fired.set()),
+                             daemon=True).start()
+            return alarm
+
+        dog.arm = arm
+        with pytest.raises(BodyTimedOut) as e:
+            read_body(read, a, read_timeout_s=5, deadline_s=0.05, watchdog=dog)
+        assert e.value.deadline
     finally:
         a.close()
         b.close()
