@@ -7,19 +7,8 @@ Nothing in this package reads a clock, does I/O beyond the thin JSON loaders, or
 TensorFlow.
 """
 from scheduler.bundle import Bundle, build_configs, load_bundle
-from scheduler.core import (
-                            Config,
-                            ConfigTable,
-                            Metric,
-                            Objective,
-                            Prediction,
-                            Slo,
-                            State,
-                            Where,
-                            choose,
-                            estimate,
-                            estimate_all,
-)
+from scheduler.core import (Config, ConfigTable, Metric, Objective, Prediction, Slo, State, Where,
+                            choose, estimate, estimate_all)
 from scheduler.scheduler import Decision, Scheduler, SchedulerParams
 
 __all__ = ["Bundle", "Config", "ConfigTable", "Decision", "Metric", "Objective", "Prediction",

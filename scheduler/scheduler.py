@@ -10,18 +10,9 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from scheduler.core import (
-    Choice,
-    CompiledChooser,
-    ConfigTable,
-    Evaluation,
-    Objective,
-    Predictions,
-    Slo,
-    State,
-    Where,
-    estimate_all,
-)
+
+from scheduler.core import (Choice, CompiledChooser, ConfigTable, Evaluation, Objective,
+                            Predictions, Slo, State, Where, estimate_all)
 from scheduler.estimators import BandwidthEstimator, Ewma
 
 
