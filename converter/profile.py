@@ -9,6 +9,7 @@ Nothing is estimated: accuracy, bytes and codec time are what this run saw. Writ
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
 from splitinfer.bundle.manifest import Manifest, load_manifest
-from splitinfer.bundle.profile import PROFILE_VERSION
+from splitinfer.bundle.profile import PROFILE_FILE, PROFILE_VERSION, Profile, parse_profile
 from splitinfer.encoding import Encoding
 from splitinfer.errors import BundleError
 from splitinfer.quiet import import_tensorflow
@@ -100,8 +101,9 @@ def load_dataset(manifest: Manifest, data: str | None, options: ProfileOptions) 
                     "calibration": f"the first {len(calib)} of the same images"})
 
 
-def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> dict:
-    """Measure every (split, bits); returns the profile dict (also written to the bundle)."""
+def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> Profile:
+    """Measure every (split, bits) and write BUNDLE/profile.json and calibration.json; returns
+    the profile as every part reads it (typed)."""
     import_tensorflow()
     import keras
 
@@ -176,14 +178,17 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     }
     write_json_atomic(bundle / CALIBRATION_FILE, {"version": CALIBRATION_VERSION, "model_sha256": manifest.model.sha256,
                                                     "splits": calibration})
-    write_json_atomic(bundle / "profile.json", profile)
-    return profile
+    write_json_atomic(bundle / PROFILE_FILE, profile)
+    return parse_profile(profile, bundle / PROFILE_FILE)
 
 
-def plot_profile(bundle: Path, profile: dict) -> Path:
+def plot_profile(bundle: Path) -> Path:
     """BUNDLE/pareto.png: accuracy against bytes of every config (matplotlib, imported here)."""
+    import json
+
     from converter.pareto import plot_pareto
 
+    profile = json.loads((bundle / PROFILE_FILE).read_text())
     out = bundle / "pareto.png"
     plot_pareto(profile, out, title=f"{profile.get('model_name') or bundle.name}: accuracy vs bytes")
     return out
@@ -379,20 +384,20 @@ def main(argv=None) -> int:
         dataset = load_dataset(manifest, args.data, options)
         t0 = time.perf_counter()
         profile = profile_bundle(args.bundle, dataset, options)
-        plot = plot_profile(args.bundle, profile)
+        plot = plot_profile(args.bundle)
     except (BundleError, ImageError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     if args.out:
-        write_json_atomic(args.out, profile)
-    best = min((c for c in profile["configs"] if c["drop_pp"] <= 1.0),
-               key=lambda c: c["bytes_mean"], default=None)
-    print(f"profiled {len(profile['configs'])} configs on {dataset.description['n']} images in "
-          f"{time.perf_counter() - t0:.0f} s; float top-1 {profile['float_top1']}; "
-          f"JPEG {profile['jpeg']['bytes_mean']:.0f} B")
+        shutil.copyfile(args.bundle / PROFILE_FILE, args.out)
+    best = min((c for c in profile.configs if c.drop_pp <= 1.0), key=lambda c: c.bytes_mean,
+               default=None)
+    print(f"profiled {len(profile.configs)} configs on {profile.images} images in "
+          f"{time.perf_counter() - t0:.0f} s; float top-1 {profile.float_top1}; "
+          f"JPEG {profile.jpeg.bytes_mean:.0f} B")
     if best:
-        print(f"fewest bytes within 1 pp: {best['split']} @ {Encoding.of(best['bits']).label} "
-              f"({best['variant']}): {best['bytes_mean']:.0f} B, drop {best['drop_pp']:.2f} pp")
+        print(f"fewest bytes within 1 pp: {best.split} @ {Encoding.of(best.bits).label} "
+              f"({best.variant}): {best.bytes_mean:.0f} B, drop {best.drop_pp:.2f} pp")
     print(f"wrote {args.out or args.bundle / 'profile.json'}, {plot}")
     return 0
 

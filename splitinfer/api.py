@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from splitinfer.bundle.profile import PROFILE_FILE, Profile, load_profile
+from splitinfer.bundle.profile import Profile
 
 
 def convert(model: Any, out: str | os.PathLike, *, weights: str | None = None,
@@ -66,8 +66,8 @@ def profile(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray | 
                        f"the first {len(calib)} of the same images"})
     measured = profile_bundle(Path(bundle), dataset, options)
     if plot:
-        plot_profile(Path(bundle), measured)
-    return load_profile(Path(bundle) / PROFILE_FILE)
+        plot_profile(Path(bundle))
+    return measured
 
 
 def EdgeRuntime(bundle: str | os.PathLike, cloud: str | None = None, **options: Any):  # noqa: N802

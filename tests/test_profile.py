@@ -89,3 +89,20 @@ def test_profile_cli_errors(tmp_path, tiny_bundle):
     assert result.returncode == 2 and "Expected bit widths" in result.stderr
     result = run_module("converter.profile", str(tiny_bundle))  # no default data for this model
     assert result.returncode == 2 and "--data" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_python_api_profiles_and_returns_the_typed_profile(tiny_bundle, tmp_path):
+    import numpy as np
+
+    import splitinfer as si
+
+    bundle = copy_bundle(tiny_bundle, tmp_path / "tiny")
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0, 255, (12, 32, 32, 3)).astype(np.float32)
+    calibration = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    prof = si.profile(bundle, images, rng.integers(0, 10, 12), calibration=calibration, bits=(4, 32))
+    assert isinstance(prof, si.Profile) and prof.images == 12
+    assert {c.bits for c in prof.configs} == {4, 32} and all(c.variant for c in prof.configs)
+    assert prof == si.bundle.profile.load_profile(bundle / "profile.json")  # what was written
+    assert not (bundle / "pareto.png").exists()  # plotting only when asked

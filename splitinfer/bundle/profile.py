@@ -99,9 +99,15 @@ def load_manifest_info(path: Path) -> ManifestInfo:
 
 
 def load_profile(path: Path) -> Profile:
+    """BUNDLE/profile.json, typed; FormatError (one line, with the fix) when it cannot be read."""
     fix = "re-run `python -m converter.profile` on the bundle"
-    data = read_json(path, "offline profile", fix)
-    check_version(data, READABLE_PROFILE_VERSIONS, path, fix)
+    return parse_profile(read_json(path, "offline profile", fix), path)
+
+
+def parse_profile(data: dict[str, Any], path: Path | str = PROFILE_FILE) -> Profile:
+    """A profile.json document (already parsed JSON) as a typed `Profile`."""
+    fix = "re-run `python -m converter.profile` on the bundle"
+    check_version(data, READABLE_PROFILE_VERSIONS, Path(path), fix)
     try:
         j = field(data, "jpeg", path)
         jpeg = JpegProfile(quality=int(j.get("quality", 90)), bytes_mean=float(j["bytes_mean"]),
