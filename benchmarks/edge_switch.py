@@ -40,6 +40,7 @@ from benchmarks import _common as common
 from edge_runtime.heads import FULL, HeadPool
 from edge_runtime.interpreter import default_num_threads, load_interpreter, run_once
 from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
+from splitinfer.bundle.profile import row_drop
 
 DEFAULT_OUT = common.RESULTS / "edge_switch.json"
 GOAL_SWITCH_MS = 1.0
@@ -99,11 +100,11 @@ def pick_config(configs: list[dict], split: str, max_drop_pp: float) -> tuple[di
     mine = [c for c in configs if c["split"] == split]
     if not mine:
         raise ValueError(f"profile.json has no configuration at split {split!r}")
-    ok = [c for c in mine if c["drop_pp"] <= max_drop_pp]
+    ok = [c for c in mine if row_drop(c) <= max_drop_pp]
     if ok:
         c = min(ok, key=lambda c: (c["bytes_mean"], c["bits"]))
         return c, f"fewest bytes within {max_drop_pp:g} pp"
-    c = min(mine, key=lambda c: (c["drop_pp"], c["bytes_mean"]))
+    c = min(mine, key=lambda c: (row_drop(c), c["bytes_mean"]))
     return c, f"no config within {max_drop_pp:g} pp: the most accurate one"
 
 

@@ -3,8 +3,13 @@
 For each split the real TFLite head runs on every evaluation image, the activation is packed with
 the real codec (ranges measured on that frame, the same clipped around the mean at 2-3 bits, and
 ranges calibrated offline), the payload is unpacked, and the real Keras tail classifies it.
-Nothing is estimated: accuracy, bytes and codec time are what this run saw. Writes `profile.json`, `calibration.json` and
-`pareto.png` into the bundle (see docs/FORMATS.md).
+Nothing is estimated: accuracy, bytes and codec time are what this run saw. Ranges and widths
+are fitted on calibration images that are never evaluated (`converter.datasets`), and every drop
+comes with one-sided confidence bounds (`converter.confidence`). Writes `profile.json`,
+`calibration.json` and `pareto.png` into the bundle (see docs/FORMATS.md).
+
+`--verify N` replays the profile's configurations on N images it has never seen
+(`converter.verify`).
 """
 from __future__ import annotations
 
@@ -14,22 +19,23 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from edge_runtime.images import (
-    ImageError,
-    decode_image,
-    encode_jpeg,
-    list_images,
-    load_image,
+from converter.confidence import CONFIDENCE, drop_interval
+from converter.datasets import (
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_EVALUATION_IMAGES,
+    Dataset,
+    load_dataset,
 )
+from edge_runtime.images import ImageError, decode_image, encode_jpeg
 from edge_runtime.interpreter import load_interpreter, run_once
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
-from splitinfer.bundle.manifest import Manifest, load_manifest
+from splitinfer.bundle.manifest import load_manifest
 from splitinfer.bundle.profile import PROFILE_FILE, PROFILE_VERSION, Profile, parse_profile
 from splitinfer.encoding import Encoding
 from splitinfer.errors import BundleError
@@ -57,48 +63,11 @@ CLASSIFY_VALUES = 1 << 25  # float32 values per tail call (128 MiB)
 class ProfileOptions:
     bits: tuple[int, ...] = ALL_BITS
     limit: int | None = None  # evaluation images (None: 1000 default scenes, or the whole folder)
-    calib_limit: int = 128
+    calib_limit: int = DEFAULT_CALIBRATION_IMAGES
     batch_size: int = 50
     jpeg_quality: int = 90
     progress: bool = True
     allocate: str = "vectors"  # which splits get a bits=1 allocation: vectors, all or none
-
-
-@dataclass
-class Dataset:
-    images: np.ndarray  # N x H x W x 3 float32, 0..255
-    labels: np.ndarray | None  # N int, or None when the images are unlabelled
-    calibration: np.ndarray  # images the offline ranges are measured on
-    description: dict[str, Any]
-
-
-def load_dataset(manifest: Manifest, data: str | None, options: ProfileOptions) -> Dataset:
-    """The default model's scenes, or a user folder of images (labels from labels.csv)."""
-    shape = manifest.model.input_shape
-    if data is None:
-        if manifest.model.name != "fashion":
-            raise ValueError(
-                f"Model {manifest.model.name!r} has no default data set: pass --data DIR with "
-                "images (and a labels.csv of file,label rows for accuracy)."
-            )
-        from models import scenes
-
-        n = options.limit or 1000
-        images, labels = scenes.make_scenes("test", np.arange(n))
-        calib, _ = scenes.make_scenes("val", np.arange(options.calib_limit))
-        return Dataset(images.astype(np.float32), np.asarray(labels), calib.astype(np.float32),
-                       {"source": f"models.scenes test 0..{n - 1}", "n": n,
-                        "calibration": f"models.scenes val 0..{options.calib_limit - 1}"})
-    entries = list_images(data)
-    if options.limit:
-        entries = entries[: options.limit]
-    images = np.stack([load_image(e.path, shape) for e in entries])
-    labelled = all(e.label is not None for e in entries)
-    labels = np.array([e.label for e in entries]) if labelled else None
-    calib = images[: options.calib_limit]
-    return Dataset(images, labels, calib,
-                   {"source": str(data), "n": len(entries), "labelled": labelled,
-                    "calibration": f"the first {len(calib)} of the same images"})
 
 
 def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> Profile:
@@ -110,7 +79,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     manifest = load_manifest(bundle)
     _check_bits(options.bits)
     full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
-    float_pred = _predict(full, dataset.images, options.batch_size)
+    float_pred = predict(full, dataset.images, options.batch_size)
     float_top1 = _accuracy(float_pred, dataset.labels)
 
     jpeg_bytes, jpeg_images, encode_s, decode_s = [], [], [], []
@@ -122,7 +91,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         decode_s.append(time.perf_counter() - t1)
         encode_s.append(t1 - t0)
         jpeg_bytes.append(len(data))
-    jpeg_pred = _predict(full, np.stack(jpeg_images), options.batch_size)
+    jpeg_pred = predict(full, np.stack(jpeg_images), options.batch_size)
     jpeg = {
         "quality": options.jpeg_quality,
         "encode_ms": float(np.mean(encode_s) * 1e3),
@@ -148,13 +117,16 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
                 options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
             allocation, chosen = fit_allocation(tail, calib_acts)
             calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
-        measured = _measure_split(manifest, split, interp, tail, ranges, dataset, options, allocation)
+        measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
+                                 split_variants(options.bits, allocation is not None),
+                                 options.batch_size, allocation)
         split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
         for (bits, variant), m in measured.items():
             row = {
                 "split": split.name, "bits": bits, "variant": variant,
                 **_byte_stats(m["bytes"]),
-                **_accuracy_fields(np.array(m["pred"]), float_pred, dataset.labels, float_top1),
+                **_accuracy_fields(np.array(m["pred"]), float_pred, dataset.labels, float_top1,
+                                   exact=m["exact"]),
                 "pack_ms": float(np.mean(m["pack_s"]) * 1e3),
                 "unpack_ms": float(np.mean(m["unpack_s"]) * 1e3),
                 "float32_bytes": int(np.prod(split.shape) * 4),
@@ -170,6 +142,9 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         "model_name": manifest.model.name,
         "dataset": dataset.description,
         "float_top1": float_top1,
+        "confidence": {"level": CONFIDENCE, "sided": "one",
+                       "method": "newcombe-paired-score" if dataset.labels is not None
+                       else "wilson-disagreement"},
         "jpeg": jpeg,
         "splits": split_info,
         "configs": configs,
@@ -251,16 +226,23 @@ def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[codec.ChannelRanges, d
                     "tried": sorted(tried, key=lambda t: t["mean_bits"]), "mean_bits": chosen.mean_bits}
 
 
-def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allocation=None) -> dict:
-    variants = [(b, "frame") for b in options.bits if b != codec.MIXED_BITS]
-    variants += [(b, "clipped") for b in options.bits if b in codec.CLIP_SIGMAS]
-    variants += [(b, "calibrated") for b in options.bits if b in QUANTIZED_BITS]
-    if allocation is not None:
+def split_variants(bits: Sequence[int], allocated: bool) -> list[tuple[int, str]]:
+    """Every (bits, variant) the profiler measures at a split."""
+    variants = [(b, "frame") for b in bits if b != codec.MIXED_BITS]
+    variants += [(b, "clipped") for b in bits if b in codec.CLIP_SIGMAS]
+    variants += [(b, "calibrated") for b in bits if b in QUANTIZED_BITS]
+    if allocated:
         variants.append((codec.MIXED_BITS, "allocated"))
-    out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": []} for v in variants}
-    n = len(dataset.images)
-    for start in range(0, n, options.batch_size):
-        chunk = dataset.images[start:start + options.batch_size]
+    return variants
+
+
+def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
+                  variants: Sequence[tuple[int, str]], batch_size: int = 50, allocation=None) -> dict:
+    """Bytes, top-1 answers and codec times of each (bits, variant) at `split` on `images`."""
+    out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": [], "exact": True} for v in variants}
+    n = len(images)
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
         acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
         # Decoded variants are classified together (one tail call, not one per variant), in
         # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
@@ -289,7 +271,9 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allo
                 m["pack_s"].append(t1 - t0)
                 m["unpack_s"].append(t2 - t1)
             # A bit-exact payload (float32) gives the tail the head's own output.
-            pending.append((m, acts if np.array_equal(decoded, acts) else decoded))
+            exact = np.array_equal(decoded, acts)
+            m["exact"] = m["exact"] and exact
+            pending.append((m, acts if exact else decoded))
             if (len(pending) + 1) * acts.size > CLASSIFY_VALUES:
                 flush()
         if pending:
@@ -297,7 +281,7 @@ def _measure_split(manifest, split, interp, tail, ranges, dataset, options, allo
     return out
 
 
-def _predict(model, images: np.ndarray, batch: int) -> np.ndarray:
+def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([_classify(model, images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
@@ -318,16 +302,27 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float(np.mean(pred == labels))
 
 
-def _accuracy_fields(pred, float_pred, labels, float_top1) -> dict:
+def _accuracy_fields(pred, float_pred, labels, float_top1, exact: bool = False) -> dict:
+    """Top-1, agreement with the float model, and the drop with its bounds (paired against the
+    float model on the same images; without labels, the disagreement with it).
+
+    `exact`: every decoded activation equalled the head's (float32 payloads). If the answers
+    also all agreed with the float model's, the codec loses nothing on any image and the split
+    differs from the model only within the converter's verified tolerance: the drop is 0 with
+    no sampling error (a bound from few images would otherwise rule lossless payloads out)."""
     top1 = _accuracy(pred, labels)
     agreement = float(np.mean(pred == float_pred))
-    # Without labels, the drop is measured against the float model's own answers.
-    drop = (float_top1 - top1) * 100 if top1 is not None else (1 - agreement) * 100
-    return {"top1": top1, "drop_pp": float(drop), "agreement": agreement}
+    if exact and agreement == 1.0:
+        bounds = {"drop_pp": 0.0, "drop_lower_pp": 0.0, "drop_upper_pp": 0.0}
+    else:
+        bounds = drop_interval(float_pred, pred, labels).to_json()
+    return {"top1": top1, **bounds, "agreement": agreement}
 
 
 def _drop_for_choice(row: dict) -> float:
-    return max(row["drop_pp"], (1 - row["agreement"]) * 100 * 0.5)
+    """What a variant is chosen on: its upper bound (its point drop in older rows), and never
+    less than half its disagreement with the float model."""
+    return max(row.get("drop_upper_pp", row["drop_pp"]), (1 - row["agreement"]) * 100 * 0.5)
 
 
 def _byte_stats(sizes) -> dict:
@@ -368,20 +363,37 @@ def main(argv=None) -> int:
     p.add_argument("--data", help="folder of images (labels.csv: file,label); default: the "
                    "default model's test scenes")
     p.add_argument("--out", type=Path, help="where to write the profile (default BUNDLE/profile.json)")
-    p.add_argument("--limit", type=int, help="evaluation images (default 1000 scenes / all files)")
+    p.add_argument("--limit", type=int, help=f"evaluation images (default {DEFAULT_EVALUATION_IMAGES} "
+                   "scenes / all files after the calibration ones)")
+    p.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                   help="calibration images, never evaluated (default %(default)s scenes; in a "
+                   "folder, the first ones, at most a quarter of it)")
+    p.add_argument("--verify", type=int, metavar="N",
+                   help="do not profile: replay the profile's configurations on N images it has "
+                   "never seen; exit 1 if one's drop is above its bound")
+    p.add_argument("--configs", choices=("front", "all"), default="front",
+                   help="with --verify: each split's Pareto front of bytes vs bound (default), or all")
+    p.add_argument("--json", type=Path, help="with --verify: write the report here")
+    p.add_argument("--strict", action="store_true", help="with --verify: also fail when a "
+                   "replayed drop is above its bound by less than the replay's own noise")
     p.add_argument("--bits", help="comma-separated bit widths (default 1,2,3,4,5,6,8,16,32; "
                    "1 = a per-channel allocation)")
     p.add_argument("--allocate", choices=ALLOCATE_CHOICES, default="vectors",
                    help="splits that get a per-channel allocation (bits 1): 1-D ones (default), all, none")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    if args.verify is not None:
+        from converter.verify import main_verify
+
+        return main_verify(args)
     try:
         bits = tuple(int(b) for b in args.bits.split(",")) if args.bits else ALL_BITS
         _check_bits(bits)
         options = ProfileOptions(bits=bits, limit=args.limit, progress=not args.no_progress,
-                                 allocate=args.allocate)
+                                 allocate=args.allocate, calib_limit=args.calibration)
         manifest = load_manifest(args.bundle)
-        dataset = load_dataset(manifest, args.data, options)
+        dataset = load_dataset(manifest, args.data, limit=options.limit,
+                               calibration=options.calib_limit)
         t0 = time.perf_counter()
         profile = profile_bundle(args.bundle, dataset, options)
         plot = plot_profile(args.bundle)
@@ -397,7 +409,8 @@ def main(argv=None) -> int:
           f"JPEG {profile.jpeg.bytes_mean:.0f} B")
     if best:
         print(f"fewest bytes within 1 pp: {best.split} @ {Encoding.of(best.bits).label} "
-              f"({best.variant}): {best.bytes_mean:.0f} B, drop {best.drop_pp:.2f} pp")
+              f"({best.variant}): {best.bytes_mean:.0f} B, drop {best.point_drop_pp:.2f} pp "
+              f"(at most {best.upper_drop_pp:.2f} pp at {CONFIDENCE:.0%} confidence)")
     print(f"wrote {args.out or args.bundle / 'profile.json'}, {plot}")
     return 0
 

@@ -11,6 +11,7 @@ from typing import Iterator
 from edge_runtime.images import ImageError, check_image_file, list_images, load_image
 from edge_runtime.runner import POLICIES, EdgeConfig, EdgeRuntime, Frame, summarize
 from splitinfer.bundle.manifest import BundleError
+from splitinfer.bundle.profile import DROP_ESTIMATES
 from splitinfer.encoding import Encoding
 from splitinfer.protocol import TOKEN_ENV
 
@@ -30,6 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="latency | throughput | cloud | bytes, or weights like latency=0.7,bytes=0.3")
     p.add_argument("--slo-ms", type=float, help="max latency per frame (ms)")
     p.add_argument("--max-drop-pp", type=float, default=1.0, help="max accuracy drop (pp)")
+    p.add_argument("--drop-estimate", choices=DROP_ESTIMATES, default="upper",
+                   help="which profiled drop --max-drop-pp bounds: the upper confidence "
+                   "bound (default: the SLO holds on unseen images) or the point estimate")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, help="an image file or a folder (labels.csv optional)")
     src.add_argument("--dataset", choices=DATASETS, help="the default model's test scenes")
@@ -90,6 +94,7 @@ def main(argv=None) -> int:
         config = EdgeConfig(
             policy=args.policy, split=args.split, bits=args.bits, objective=args.objective,
             slo_ms=args.slo_ms, max_drop_pp=args.max_drop_pp, device_class=args.device,
+            drop_estimate=args.drop_estimate,
             num_threads=args.threads, max_heads=args.max_heads,
             camera_fps=None if args.source else args.fps,  # a --source paces itself
             token=args.token or os.environ.get(TOKEN_ENV), ca_cert=args.ca_cert,

@@ -25,7 +25,7 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
     factor = devices.device_class(config.device_class).factor if config.device_class else 1.0
     if config.policy == "device" and not (Path(bundle) / PROFILE_FILE).is_file():
         return _device_only(Path(bundle), config, factor), factor, {}  # unprofiled: still runs
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, drop_estimate=config.drop_estimate)
     board = board_head_ms(b, factor)
     table = b.table(factor, None)  # the real cloud is measured online, not a class
     excluded = set(exclude)

@@ -42,6 +42,7 @@ class EdgeConfig:
     objective: str = "throughput"
     slo_ms: float | None = None
     max_drop_pp: float = 1.0
+    drop_estimate: str = "upper"  # which profiled drop max_drop_pp bounds: "upper" or "point"
     device_class: str | None = None  # pad head times to this board's speed (scheduler.devices)
     num_threads: int | None = None  # LiteRT threads (None: all cores)
     max_heads: int | None = None
@@ -117,7 +118,7 @@ class EdgeRuntime:
         self.clock = clock
         self.manifest = load_manifest(self.bundle)
         profile_file = self.bundle / PROFILE_FILE
-        self.profile = load_profile(profile_file) if profile_file.is_file() else None
+        self.profile = load_profile(profile_file, config.drop_estimate) if profile_file.is_file() else None
         self.calibration = load_calibration(self.bundle, self.manifest)
         self.allocations = load_calibration(self.bundle, self.manifest, kind="allocated")
         # (split, bits) -> the variant the profiler measured: how the edge packs that config

@@ -114,7 +114,8 @@ class Bundle:
 
 def load_bundle(directory: Path, profile: Path | None = None,
                 device_profile: Path | None = None,
-                flops_per_s: float = THIS_MACHINE_FLOPS_PER_S) -> Bundle:
+                flops_per_s: float = THIS_MACHINE_FLOPS_PER_S,
+                drop_estimate: str = "upper") -> Bundle:
     """manifest.json, profile.json and device-this-machine.json of `directory` (or the overrides).
 
     Without a device profile, head latencies are estimated from the manifest's FLOPs at
@@ -126,7 +127,7 @@ def load_bundle(directory: Path, profile: Path | None = None,
                           f"`python -m converter` or pass --bundle tests/fixtures/scheduler")
     mpath = directory / "manifest.json"
     manifest = load_manifest_info(mpath) if mpath.is_file() else None
-    prof = load_profile(Path(profile) if profile else directory / "profile.json")
+    prof = load_profile(Path(profile) if profile else directory / "profile.json", drop_estimate)
     dpath = Path(device_profile) if device_profile else directory / "device-this-machine.json"
     if dpath.is_file():
         dev, estimated = load_device_profile(dpath), False

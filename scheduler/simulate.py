@@ -42,6 +42,7 @@ from scheduler.sim_policies import (  # noqa: F401 (fixed8_index, neurosurgeon_t
 from scheduler.traces import Trace, TraceError, constant, outage, read_trace, step
 from scheduler.uplink import Uplink
 from splitinfer.bundle.manifest import FULL
+from splitinfer.bundle.profile import DROP_ESTIMATES
 from splitinfer.errors import FormatError
 
 
@@ -328,6 +329,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="latency | throughput | cloud | bytes, or weights 'latency=0.7,bytes=0.3'")
     ap.add_argument("--slo-ms", type=float, help="max latency (ms)")
     ap.add_argument("--max-drop-pp", type=float, help="max accuracy drop (percentage points)")
+    ap.add_argument("--drop-estimate", choices=DROP_ESTIMATES, default="upper",
+                    help="which profiled drop --max-drop-pp bounds: the upper confidence "
+                    "bound (default: the SLO holds on unseen images) or the point estimate")
     ap.add_argument("--max-bytes", type=float, help="max bytes per frame")
     ap.add_argument("--min-fps", type=float, help="min throughput (frames/s)")
     ap.add_argument("--seed", type=int, default=0)
@@ -353,7 +357,8 @@ def run_cli(argv: list[str] | None = None) -> int:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     dev = devices.device_class(args.device)
     cloud = devices.cloud_class(args.cloud)
-    bundle: Bundle = load_bundle(args.bundle, args.profile, args.device_profile)
+    bundle: Bundle = load_bundle(args.bundle, args.profile, args.device_profile,
+                                  drop_estimate=args.drop_estimate)
     if bundle.device_estimated:
         print(f"note: {args.bundle} has no device profile; head latencies are estimated from the "
               f"manifest's FLOPs at {devices.THIS_MACHINE_FLOPS_PER_S:.3g} FLOP/s (this machine) "

@@ -50,20 +50,14 @@ def profile(bundle: str | os.PathLike, images: np.ndarray, labels: np.ndarray | 
     """Measure accuracy and bytes of every (split, bits) of `bundle` on `images` (N x H x W x C,
     0..255) and write profile.json and calibration.json there; returns the typed profile.
 
-    `calibration`: the images offline ranges are fitted on (default: the first 128 of
-    `images`; pass images of their own so the accuracy is measured on unseen ones).
-    `plot=True` also writes BUNDLE/pareto.png."""
-    from converter.profile import Dataset, ProfileOptions, plot_profile, profile_bundle
+    `calibration`: the images offline ranges and widths are fitted on (default: the first
+    images, at most a quarter, which are then not evaluated). `plot=True` also writes
+    BUNDLE/pareto.png."""
+    from converter.datasets import array_dataset
+    from converter.profile import ProfileOptions, plot_profile, profile_bundle
 
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"Expected images of shape (N, H, W, C). Received: shape={images.shape}")
     options = ProfileOptions(**({} if bits is None else {"bits": tuple(bits)}), progress=progress)
-    calib = images[:options.calib_limit] if calibration is None else np.asarray(calibration, np.float32)
-    dataset = Dataset(images, None if labels is None else np.asarray(labels), calib,
-                      {"source": "splitinfer.profile(images)", "n": len(images),
-                       "calibration": "given" if calibration is not None else
-                       f"the first {len(calib)} of the same images"})
+    dataset = array_dataset(images, labels, calibration, options.calib_limit)
     measured = profile_bundle(Path(bundle), dataset, options)
     if plot:
         plot_profile(Path(bundle))

@@ -92,13 +92,20 @@ def test_up_to_pools_a_second_bundle_of_the_same_model_only(tmp_path):
     main = [{"split": "a", "bits": 4, "bytes_mean": 100.0, "float32_bytes": 2000, "drop_pp": 0.0}]
     sparse_dir = tmp_path / "sparse"
     sparse_dir.mkdir()
-    row = {"split": "z", "bits": 2, "bytes_mean": 100.0, "float32_bytes": 9000, "drop_pp": 0.5}
-    (sparse_dir / "profile.json").write_text(json.dumps({"model_sha256": "ab" * 32, "configs": [row]}))
+    row = {"split": "z", "bits": 2, "bytes_mean": 100.0, "float32_bytes": 9000, "drop_pp": 0.5,
+           "drop_upper_pp": 0.9}
+    doc = {"model_sha256": "ab" * 32, "confidence": {"level": 0.95}, "configs": [row]}
+    (sparse_dir / "profile.json").write_text(json.dumps(doc))
     extra, note = packing.extra_configs(sparse_dir, "ab" * 32)
     assert note is None and extra == [dict(row, bundle=str(sparse_dir))]
     top = packing.up_to(packing.eligible(main + extra, 1.0))
     assert top["split"] == "z" and top["bundle"] == str(sparse_dir)
-    assert packing.eligible(extra, 0.25) == []  # the accuracy budget applies to it too
+    assert packing.eligible(extra, 0.5) == []  # the budget holds the upper bound, not the point
+    del doc["confidence"]  # a profile without bounds is not pooled
+    (sparse_dir / "profile.json").write_text(json.dumps(doc))
+    unbounded, note = packing.extra_configs(sparse_dir, "ab" * 32)
+    assert unbounded == [] and "no confidence bounds" in note
+    (sparse_dir / "profile.json").write_text(json.dumps({**doc, "confidence": {"level": 0.95}}))
     other, note = packing.extra_configs(sparse_dir, "cd" * 32)
     assert other == [] and "another model" in note
     missing, note = packing.extra_configs(tmp_path / "nothing", "ab" * 32)

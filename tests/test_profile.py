@@ -50,7 +50,7 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
     profile = json.loads((tiny_bundle / "profile.json").read_text())
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     heads = [s["name"] for s in manifest["splits"] if s["head"]]
-    assert profile["version"] == 2 and profile["model_sha256"] == manifest["model"]["sha256"]
+    assert profile["version"] == 3 and profile["model_sha256"] == manifest["model"]["sha256"]
     assert {(c["split"], c["bits"]) for c in profile["configs"]} == {
         (s, b) for s in heads for b in (1, 2, 3, 4, 5, 6, 8, 16, 32)}
     for c in profile["configs"]:
@@ -60,7 +60,7 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
     by = {(c["split"], c["bits"]): c for c in profile["configs"]}
     for s in heads:
         assert by[(s, 2)]["bytes_mean"] < by[(s, 32)]["bytes_mean"]
-    assert profile["jpeg"]["bytes_mean"] > 0 and profile["dataset"]["n"] == 24
+    assert profile["jpeg"]["bytes_mean"] > 0 and profile["dataset"]["n"] == 18  # 6 calibrate
     assert set(profile["splits"]) == set(heads) | {"input"}
     assert profile["jpeg"]["encode_ms"] > 0 and profile["jpeg"]["decode_ms"] > 0
     calibration = json.loads((tiny_bundle / "calibration.json").read_text())

@@ -37,7 +37,7 @@ rates = st.floats(min_value=1e3, max_value=1e9, allow_nan=False, allow_infinity=
 
 
 def fixture_table(device: str = "rpi4", cloud: str = "gpu") -> ConfigTable:
-    return load_bundle(FIXTURES).table(devices.device_class(device).factor,
+    return load_bundle(FIXTURES, drop_estimate="point").table(devices.device_class(device).factor,
                                        devices.cloud_class(cloud))
 
 
@@ -339,7 +339,7 @@ def test_without_device_profile_heads_come_from_flops(tmp_path):
     d = tmp_path / "b"
     shutil.copytree(FIXTURES, d)
     (d / "device-this-machine.json").unlink()
-    b = load_bundle(d)
+    b = load_bundle(d, drop_estimate="point")
     assert b.device_estimated
     cfg = build_configs(b.profile, b.device, device_factor=1.0, manifest=b.manifest)
     full = next(c for c in cfg if c.where is Where.DEVICE)

@@ -24,7 +24,7 @@ SLO = Slo(max_drop_pp=1.0)
 
 @pytest.fixture(scope="module")
 def table():
-    return load_bundle(FIXTURES).table(devices.device_class("rpi4").factor,
+    return load_bundle(FIXTURES, drop_estimate="point").table(devices.device_class("rpi4").factor,
                                        devices.cloud_class("gpu"))
 
 
@@ -98,7 +98,7 @@ def test_cli_json_on_fixtures(tmp_path):
     trace = tmp_path / "t.txt"
     trace.write_text("0 5\n10 0.5\n20 5\n")
     out = subprocess.run(
-        [sys.executable, "-m", "scheduler.simulate", "--bundle", str(FIXTURES), "--trace",
+        [sys.executable, "-m", "scheduler.simulate", "--bundle", str(FIXTURES), "--drop-estimate", "point", "--trace",
          str(trace), "--policy", "dyno", "--frames", "400", "--objective", "throughput",
          "--max-drop-pp", "1", "--slo-ms", "400", "--json", "--timeline", str(timeline)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -116,11 +116,11 @@ def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert main(["--bundle", str(tmp_path / "nope"), "--trace", "synthetic:const:5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "does not exist" in err
-    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--policy",
+    assert main(["--bundle", str(FIXTURES), "--drop-estimate", "point", "--trace", "synthetic:const:5", "--policy",
                  "magic"]) == 2
     assert "unknown policy" in capsys.readouterr().err
-    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:wobble"]) == 2
-    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--device",
+    assert main(["--bundle", str(FIXTURES), "--drop-estimate", "point", "--trace", "synthetic:wobble"]) == 2
+    assert main(["--bundle", str(FIXTURES), "--drop-estimate", "point", "--trace", "synthetic:const:5", "--device",
                  "nokia"]) == 2
     assert main(["--list-devices"]) == 0
     assert "rpi4" in capsys.readouterr().out
@@ -129,7 +129,8 @@ def test_cli_errors_are_one_line_and_exit_2(capsys, tmp_path):
 @pytest.mark.skipif(not TRACES.is_dir(), reason=f"no traces under {TRACES}")
 def test_cli_on_a_real_trace():
     trace = sorted(TRACES.glob("*.up"))[0]
-    assert main(["--bundle", str(FIXTURES), "--trace", str(trace), "--policy", "neurosurgeon",
+    assert main(["--bundle", str(FIXTURES), "--drop-estimate", "point", "--trace", str(trace),
+                 "--policy", "neurosurgeon",
                  "--frames", "300", "--json"]) == 0
 
 
@@ -139,3 +140,11 @@ def test_scheduler_imports_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_a_profile_without_bounds_needs_the_point_estimate(capsys):
+    """The synthetic fixture is a version 1 profile: no confidence bounds, so the default upper
+    estimate refuses it in one line that names the fix."""
+    assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--frames", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no confidence bounds" in err and "--drop-estimate point" in err

@@ -16,8 +16,28 @@ from splitinfer.codec import PROFILE_VARIANTS
 from splitinfer.errors import BundleError, FormatError
 
 PROFILE_FILE = "profile.json"
-PROFILE_VERSION = 2  # 2: a config's range choice is "variant" (version 1 called it "params")
-READABLE_PROFILE_VERSIONS = (1, 2)
+#: 2: a config's range choice is "variant" (version 1 called it "params"); 3: every drop comes
+#: with one-sided confidence bounds (drop_lower_pp, drop_upper_pp) measured on evaluation images
+#: disjoint from the calibration images, both recorded under "dataset".
+PROFILE_VERSION = 3
+READABLE_PROFILE_VERSIONS = (1, 2, 3)
+#: Which drop the scheduler holds to `max_drop_pp`: the upper confidence bound (the default: the
+#: SLO then holds on images the profile never saw) or the point estimate on the evaluation images.
+DROP_ESTIMATES = ("upper", "point")
+
+
+def row_drop(row: dict[str, Any], estimate: str = "upper") -> float:
+    """A raw profile row's drop under `estimate` (benchmarks read rows, not the typed profile).
+    Rows without bounds (profile versions 1 and 2) have only the point estimate."""
+    _check_estimate(estimate)
+    if estimate == "upper" and "drop_upper_pp" in row:
+        return float(row["drop_upper_pp"])
+    return float(row.get("drop_pp", 0.0))
+
+
+def _check_estimate(estimate: str) -> None:
+    if estimate not in DROP_ESTIMATES:
+        raise ValueError(f"Expected a drop estimate in {DROP_ESTIMATES}. Received: {estimate!r}")
 
 
 def config_variant(row: dict[str, Any]) -> str:
@@ -52,7 +72,8 @@ class ManifestInfo:
 
 @dataclass(frozen=True)
 class ConfigProfile:
-    """One (split, bits) row of profile.json."""
+    """One (split, bits) row of profile.json. `drop_pp` is the drop the profile was read for
+    (`DROP_ESTIMATES`); `point_drop_pp` and `upper_drop_pp` are both kept for reports."""
 
     split: str
     bits: int
@@ -62,6 +83,8 @@ class ConfigProfile:
     pack_ms: float
     unpack_ms: float
     variant: str = "frame"  # how its ranges were found (`splitinfer.codec.PROFILE_VARIANTS`)
+    point_drop_pp: float | None = None
+    upper_drop_pp: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,8 @@ class Profile:
     tail_ms: dict[str, float]
     configs: tuple[ConfigProfile, ...]
     images: int = 0  # how many evaluation images the figures come from
+    drop_estimate: str = "point"  # which drop `drop_pp` holds (`DROP_ESTIMATES`)
+    confidence: float | None = None  # level of each one-sided bound (None: no bounds, v1/v2)
 
 
 def load_manifest_info(path: Path) -> ManifestInfo:
@@ -98,32 +123,45 @@ def load_manifest_info(path: Path) -> ManifestInfo:
                         full_flops=m.full_flops, splits=splits)
 
 
-def load_profile(path: Path) -> Profile:
-    """BUNDLE/profile.json, typed; FormatError (one line, with the fix) when it cannot be read."""
+def load_profile(path: Path, drop_estimate: str = "upper") -> Profile:
+    """BUNDLE/profile.json, typed; FormatError (one line, with the fix) when it cannot be read.
+    `drop_estimate` picks the drop every config's `drop_pp` holds (`DROP_ESTIMATES`)."""
     fix = "re-run `python -m converter.profile` on the bundle"
-    return parse_profile(read_json(path, "offline profile", fix), path)
+    return parse_profile(read_json(path, "offline profile", fix), path, drop_estimate)
 
 
-def parse_profile(data: dict[str, Any], path: Path | str = PROFILE_FILE) -> Profile:
-    """A profile.json document (already parsed JSON) as a typed `Profile`."""
+def parse_profile(data: dict[str, Any], path: Path | str = PROFILE_FILE,
+                  drop_estimate: str = "upper") -> Profile:
+    """A profile.json document (already parsed JSON) as a typed `Profile`.
+
+    A profile without confidence bounds (versions 1 and 2) is refused for the upper estimate:
+    its drops were measured on few images that also fitted its ranges, so an SLO on them does
+    not hold on new images."""
+    _check_estimate(drop_estimate)
     fix = "re-run `python -m converter.profile` on the bundle"
     check_version(data, READABLE_PROFILE_VERSIONS, Path(path), fix)
+    bounded = data.get("confidence") is not None
+    if drop_estimate == "upper" and not bounded:
+        raise FormatError(f"{path}: version {data.get('version')} has no confidence bounds on its "
+                          f"accuracy drops; {fix}, or use --drop-estimate point")
     try:
         j = field(data, "jpeg", path)
         jpeg = JpegProfile(quality=int(j.get("quality", 90)), bytes_mean=float(j["bytes_mean"]),
                            bytes_p95=float(j.get("bytes_p95", j["bytes_mean"])),
-                           drop_pp=float(j.get("drop_pp", 0.0)),
+                           drop_pp=row_drop(j, drop_estimate),
                            encode_ms=float(j["encode_ms"]) if "encode_ms" in j else None,
                            decode_ms=float(j["decode_ms"]) if "decode_ms" in j else None)
         tail_ms = {str(k): float(v["tail_ms"]) for k, v in data.get("splits", {}).items()
                    if isinstance(v, dict) and "tail_ms" in v}
         configs = tuple(
             ConfigProfile(split=str(c["split"]), bits=int(c["bits"]),
-                          drop_pp=float(c.get("drop_pp", 0.0)),
+                          drop_pp=row_drop(c, drop_estimate),
                           bytes_mean=float(c["bytes_mean"]),
                           bytes_p95=float(c.get("bytes_p95", c["bytes_mean"])),
                           pack_ms=float(c.get("pack_ms", 0.0)),
-                          unpack_ms=float(c.get("unpack_ms", 0.0)), variant=config_variant(c))
+                          unpack_ms=float(c.get("unpack_ms", 0.0)), variant=config_variant(c),
+                          point_drop_pp=row_drop(c, "point"),
+                          upper_drop_pp=float(c["drop_upper_pp"]) if "drop_upper_pp" in c else None)
             for c in field(data, "configs", path))
         unknown = sorted({c.variant for c in configs} - set(PROFILE_VARIANTS))
         if unknown:
@@ -131,6 +169,8 @@ def parse_profile(data: dict[str, Any], path: Path | str = PROFILE_FILE) -> Prof
                               f"{list(PROFILE_VARIANTS)}); {fix} or update splitinfer")
         dataset = data.get("dataset") or {}
         return Profile(float_top1=float(data.get("float_top1", 0.0)), jpeg=jpeg, tail_ms=tail_ms,
-                       configs=configs, images=int(dataset.get("n", 0)))
+                       configs=configs, images=int(dataset.get("n", 0)),
+                       drop_estimate=drop_estimate,
+                       confidence=float(data["confidence"]["level"]) if bounded else None)
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{path}: malformed profile ({e!r}); {fix}") from None
