@@ -17,7 +17,8 @@ def bundles(tmp_path, monkeypatch):
 
 def _profile(images: int) -> dict:
     """The smallest profile.json the product reads, measured on `images` images."""
-    return {"version": 2, "dataset": {"n": images}, "jpeg": {"bytes_mean": 5000.0}, "configs": []}
+    return {"version": 3, "dataset": {"n": images}, "confidence": {"level": 0.95},
+            "jpeg": {"bytes_mean": 5000.0}, "configs": []}
 
 
 def make_bundle(path, fingerprint="zoo:fashion weights abc", images=300, device=True):
@@ -73,5 +74,8 @@ def test_profiled_images_reads_the_profile_and_tolerates_junk(tmp_path):
     assert demo.profiled_images(tmp_path) == 0
     (tmp_path / "profile.json").write_text(json.dumps({"dataset": {"n": 42}}))  # not a profile
     assert demo.profiled_images(tmp_path) == 0
+    unbounded = {k: v for k, v in _profile(42).items() if k != "confidence"}
+    (tmp_path / "profile.json").write_text(json.dumps({**unbounded, "version": 2}))
+    assert demo.profiled_images(tmp_path) == 0  # no confidence bounds: the demo profiles again
     (tmp_path / "profile.json").write_text(json.dumps(_profile(42)))
     assert demo.profiled_images(tmp_path) == 42
