@@ -44,7 +44,7 @@ def make_payloads(bundle: Path, split_name: str, bits: int) -> list[bytes]:
     if split.head is None:
         acts = list(images)
     else:
-        from edge_runtime.interpreter import load_interpreter, run_once
+        from splitinfer.litert import load_interpreter, run_once
 
         interp, _ = load_interpreter(bundle / split.head, num_threads=1)
         acts = [run_once(interp, im[None])[0] for im in images]

@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import _common as common
 from edge_runtime.heads import FULL, HeadPool
-from edge_runtime.interpreter import default_num_threads, load_interpreter, run_once
+from splitinfer.litert import default_num_threads, load_interpreter, run_once
 from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
 from splitinfer.bundle.profile import row_drop
 

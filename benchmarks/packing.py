@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import _common as common
 from benchmarks.packing_layouts import GROUPS, layer_model, sample
-from edge_runtime.interpreter import default_num_threads
+from splitinfer.litert import default_num_threads
 from splitinfer import codec
 from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
 from splitinfer.bundle.profile import config_variant, row_drop

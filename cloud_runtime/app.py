@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from cloud_runtime.backend import TailBackend, make_backend
 from cloud_runtime.buckets import bucket_sizes
-from cloud_runtime.config import ServerConfig
+from cloud_runtime.config import ConfigError, ServerConfig
 from cloud_runtime.connection import (
     LINGER_MAX_S,
     BodyTimedOut,
@@ -63,7 +63,11 @@ def create_app(config: ServerConfig | None = None, *, backend: TailBackend | Non
         config = ServerConfig(bundles=bundles)
     config = config.resolved()
     registry = ModelRegistry.from_bundles(config.bundles)
-    service = InferenceService(registry, backend or make_backend(config.backend), config,
+    try:
+        backend = backend or make_backend(config.backend, registry.tails())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    service = InferenceService(registry, backend, config,
                                ServerMetrics(bucket_sizes(config.max_batch)))
 
     app = Flask("cloud_runtime")
@@ -171,6 +175,7 @@ def _register_views(app: Flask) -> None:
         return jsonify(
             models=[{**m.describe(), "device": device} for m in svc.registry.models],
             device=device, device_info=svc.backend.device_info(), backend=svc.backend.name,
+            backend_chosen_because=svc.backend.chosen_because,
             load=cfg.load, ready=svc.is_ready(), pid=os.getpid(),
             batching={"max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
                       "max_queue": cfg.max_queue, "buckets": list(svc.buckets)},
@@ -179,7 +184,10 @@ def _register_views(app: Flask) -> None:
 
     @app.get(P.METRICS)
     def metrics():
-        return Response(_service().metrics.render(), content_type=CONTENT_TYPE)
+        svc = _service()
+        info = (f'# TYPE splitinfer_backend_info gauge\nsplitinfer_backend_info{{backend="{svc.backend.name}",'
+                f'device="{svc.backend.device}",pid="{os.getpid()}"}} 1\n')
+        return Response(svc.metrics.render() + info, content_type=CONTENT_TYPE)
 
     @app.post(P.PROBE)
     def probe():

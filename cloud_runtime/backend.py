@@ -21,6 +21,7 @@ class TailSpec:
     split: str
     path: str  # absolute path of tails/<split>.keras
     input_shape: tuple[int, ...]  # without the batch dimension
+    tflite_path: str | None = None  # absolute path of tails/<split>.tflite, when converted
 
     @property
     def key(self) -> str:
@@ -38,6 +39,7 @@ class TailBackend(abc.ABC):
     """Runs tails on float32 batches. Thread-safe: batchers of different tails call it at once."""
 
     name = "abstract"
+    chosen_because = "given"  # why this backend serves (`choose_backend`), for /v1/models and logs
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -67,10 +69,48 @@ class TailBackend(abc.ABC):
         """Release what `start` and `load` took (optional)."""
 
 
-def make_backend(name: str) -> TailBackend:
-    """The backend named in the config; its framework is imported here, in the worker."""
-    if name == "keras":
+def gpu_present() -> bool:
+    """An NVIDIA device node this process may use, found without importing TensorFlow."""
+    import glob
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def choose_backend(name: str, tails: list[TailSpec], gpu: bool | None = None) -> tuple[str, str]:
+    """(backend, why) for `--tail-backend NAME`: `auto` is TensorFlow on a GPU, LiteRT on a CPU
+    when every tail has a TFLite file, else TensorFlow."""
+    if name in ("tf", "keras"):
+        return "tf", "asked for"
+    if name == "litert":
+        missing = [t.key for t in tails if t.tflite_path is None]
+        if missing:
+            raise ValueError(f"--tail-backend litert needs TFLite tails; {missing[0]} has none: "
+                             "reconvert the bundle (python -m converter) or use --tail-backend tf")
+        return "litert", "asked for"
+    if name != "auto":
+        raise ValueError(f"Unknown tail backend {name!r}. Expected one of ('auto', 'litert', 'tf').")
+    if gpu_present() if gpu is None else gpu:
+        return "tf", "auto: a GPU is present"
+    if any(t.tflite_path is None for t in tails):
+        return "tf", "auto: no GPU, but some tails have no TFLite file"
+    return "litert", "auto: no GPU, every tail has a TFLite file"
+
+
+def make_backend(name: str, tails: list[TailSpec] = ()) -> TailBackend:
+    """The backend named in the config (`choose_backend`); its framework is imported in the
+    worker, by `start`."""
+    chosen, why = choose_backend(name, list(tails))
+    if chosen == "litert":
+        from cloud_runtime.litert_backend import LiteRTTailBackend
+
+        backend: TailBackend = LiteRTTailBackend()
+    else:
         from cloud_runtime.tf_backend import KerasTailBackend
 
-        return KerasTailBackend()
-    raise ValueError(f"Unknown backend {name!r}. Expected one of ('keras',).")
+        backend = KerasTailBackend()
+    backend.chosen_because = why
+    return backend

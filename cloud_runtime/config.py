@@ -9,7 +9,7 @@ from splitinfer.errors import SplitInferError
 from splitinfer.protocol import TOKEN_ENV
 
 LOAD_MODES = ("eager", "lazy")
-BACKENDS = ("keras",)
+BACKENDS = ("auto", "litert", "tf", "keras")  # keras: the old name of tf
 
 
 class ConfigError(SplitInferError, ValueError):
@@ -36,7 +36,7 @@ class ServerConfig:
     max_queue: int = 256
     early_dispatch: bool = True  # a batch starts once no decoded request is still coming
     load: str = "eager"
-    backend: str = "keras"
+    backend: str = "auto"  # tail backend: auto (LiteRT on a CPU, TensorFlow on a GPU), litert, tf
     request_timeout_s: float = 30.0
     read_timeout_s: float = 5.0  # longest silence while a request arrives; frees stalled threads
     body_deadline_s: float = 10.0  # the whole body within this, however slowly it trickles

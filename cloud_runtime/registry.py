@@ -41,7 +41,9 @@ class ServedModel:
     def __post_init__(self) -> None:  # built once: views look tails up per request
         specs = {s.name: TailSpec(model=self.name, model_sha256=self.sha256, split=s.name,
                                   path=str((self.bundle / s.tail).resolve()),
-                                  input_shape=tuple(s.shape))
+                                  input_shape=tuple(s.shape),
+                                  tflite_path=str((self.bundle / s.tail_tflite).resolve())
+                                  if s.tail_tflite else None)
                  for s in self.manifest.splits}
         object.__setattr__(self, "_tails", specs)
 

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "request is on its way (default: start as soon as none is)")
     p.add_argument("--load", choices=LOAD_MODES, default=d.load,
                    help="eager: load every tail at worker start (default); lazy: on first use")
+    p.add_argument("--tail-backend", choices=("auto", "litert", "tf"), default=d.backend,
+                   help="auto (default): LiteRT + XNNPACK on a CPU when every tail has a TFLite "
+                        "file, TensorFlow on a GPU; litert; tf")
     p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s)
     p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s,
                    help="longest silence allowed while a request body arrives (then 408)")
@@ -77,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         threads=args.threads, token=args.token, max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms, max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, early_dispatch=args.early_dispatch, load=args.load,
+        backend=args.tail_backend,
         request_timeout_s=args.request_timeout_s, read_timeout_s=args.read_timeout_s,
         body_deadline_s=args.body_deadline_s,
         fault_injection=args.fault_injection, certfile=args.certfile, keyfile=args.keyfile,
@@ -91,7 +95,13 @@ def check_bundles(config: ServerConfig) -> None:
         if not Path(b).is_dir():
             raise BundleError(f"bundle directory {b} does not exist; build one with "
                               f"python -m converter SOURCE --out {b}")
-    ModelRegistry.from_bundles(config.bundles)
+    registry = ModelRegistry.from_bundles(config.bundles)
+    from cloud_runtime.backend import choose_backend
+
+    try:
+        choose_backend(config.backend, registry.tails())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _gunicorn_app(config: ServerConfig, log_level: str):

@@ -79,8 +79,9 @@ class InferenceService:
             self.backend.start()
             self._backend_start_s = time.monotonic() - t0
             if self.config.load == "eager":
-                log.info("backend %s started on %s in %.2f s; loading %d tails", self.backend.name,
-                         self.backend.device, self._backend_start_s, len(self._tails))
+                log.info("backend %s (%s) started on %s in %.2f s; loading %d tails",
+                         self.backend.name, self.backend.chosen_because, self.backend.device,
+                         self._backend_start_s, len(self._tails))
                 for tail in self._tails.values():
                     if self._closed:  # stopping: leave TensorFlow alone (see `busy`)
                         return

@@ -22,7 +22,7 @@ log = logging.getLogger("cloud_runtime")
 
 
 class KerasTailBackend(TailBackend):
-    name = "keras"
+    name = "tf"
 
     def __init__(self) -> None:
         self._tf: Any = None

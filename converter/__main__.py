@@ -19,6 +19,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--splits", help="comma-separated split names to keep (input is always kept)")
     p.add_argument("--max-splits", type=int, help="keep at most N splits, spread evenly by compute")
     p.add_argument("--int8", action="store_true", help="also write int8 post-training-quantized heads")
+    p.add_argument("--no-tflite-tails", action="store_true",
+                   help="write Keras tails only (no TFLite tails for LiteRT CPU clouds)")
     p.add_argument("--rtol", type=float, default=1e-3, help="verification tolerance (relative)")
     p.add_argument("--list", action="store_true", help="only list the candidate splits and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
             splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()) if args.splits else None,
             max_splits=args.max_splits,
             int8=args.int8,
+            tflite_tails=not args.no_tflite_tails,
             rtol=args.rtol,
             progress=not args.no_progress,
         )

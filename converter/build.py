@@ -21,7 +21,7 @@ import numpy as np
 from converter import graph as G
 from converter.export import ExportError, to_tflite
 from converter.flops import layer_flops
-from edge_runtime.interpreter import load_interpreter, run_once
+from splitinfer.litert import load_interpreter, run_once
 from splitinfer.bundle.files import umask_mode, write_json_atomic
 from splitinfer.bundle.manifest import (
     FORMAT_NAME,
@@ -43,6 +43,7 @@ class ConvertOptions:
     splits: tuple[str, ...] | None = None  # names to keep (`input` is always kept)
     max_splits: int | None = None  # spread by compute when set
     int8: bool = False  # also write post-training-quantized int8 heads
+    tflite_tails: bool = True  # also write each tail as float32 TFLite (LiteRT CPU clouds)
     representative: Callable[[], Iterable[np.ndarray]] | None = None  # for int8
     verify_samples: int = 2
     rtol: float = 1e-3  # max error relative to the output's largest magnitude
@@ -235,6 +236,11 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
                 f"{e['max_rel_err']:.3g} > {options.rtol:g} (max abs {e['max_abs_err']:.3g})"
             )
     err = {**err, "head_max_rel_err": head_err["max_rel_err"]}
+    tail_tflite = None
+    if options.tflite_tails:
+        tail_tflite, tail_check = _tflite_tail(tail_model, cand.shape, f"tails/{file_stem}.tflite",
+                                               work, activations, got, options.rtol)
+        err.update(tail_check)
     head_int8 = None
     if options.int8 and cand.node >= 0:
         rep = options.representative or _random_representative(p.input_shape, options.seed)
@@ -253,7 +259,28 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
         tail_flops=cand.tail_flops,
         verify=err,
         head_int8=head_int8,
+        tail_tflite=tail_tflite,
     )
+
+
+def _tflite_tail(tail_model, shape, path: str, work: Path, activations, expected,
+                 rtol: float) -> tuple[str | None, dict]:
+    """The tail as TFLite, verified against the Keras tail on the same activations, in a batch
+    (the way the cloud runs it). A tail that does not convert or match is left out and says
+    why: the split still serves through TensorFlow."""
+    from splitinfer.litert import run_batch
+
+    try:
+        flatbuffer = to_tflite(tail_model, shape, batch=None)
+        interpreter, _ = load_interpreter(model_content=flatbuffer)
+        got = run_batch(interpreter, np.asarray(activations, dtype=np.float32))
+    except (ExportError, ValueError, RuntimeError) as e:
+        return None, {"tail_tflite_skipped": str(e).splitlines()[0][:200]}
+    e = _compare(expected, got)
+    if not e["max_rel_err"] <= rtol:
+        return None, {"tail_tflite_skipped": f"max relative error {e['max_rel_err']:.3g} > {rtol:g}"}
+    (work / path).write_bytes(flatbuffer)
+    return path, {"tail_tflite_max_rel_err": e["max_rel_err"]}
 
 
 def safe_filename(name: str) -> str:

@@ -17,16 +17,19 @@ def to_tflite(
     input_shape: tuple[int, ...],
     *,
     representative: Callable[[], Iterable[np.ndarray]] | None = None,
+    batch: int | None = 1,
 ) -> bytes:
     """Convert `model` to a float32 TFLite model with a static batch of 1.
 
-    XNNPACK only takes static shapes, so the signature is fixed at [1, *input_shape]. With
+    XNNPACK only takes static shapes, so the signature is fixed at [1, *input_shape] (heads).
+    `batch=None` leaves the batch free (tails: the cloud resizes the input to each batch size
+    it pads to, which makes the shapes static again before XNNPACK sees them). With
     `representative` (a callable yielding [1, *input_shape] float32 arrays), the weights and
     activations are post-training quantized to int8 while inputs and outputs stay float32, so the
     int8 head is a drop-in replacement for the float one.
     """
     tf = import_tensorflow()
-    spec = tf.TensorSpec([1, *input_shape], tf.float32, name="x")
+    spec = tf.TensorSpec([batch, *input_shape], tf.float32, name="x")
 
     @tf.function(input_signature=[spec], autograph=False)
     def serve(x):

@@ -31,7 +31,7 @@ from converter.datasets import (
     load_dataset,
 )
 from edge_runtime.images import ImageError, decode_image, encode_jpeg
-from edge_runtime.interpreter import load_interpreter, run_once
+from splitinfer.litert import load_interpreter, run_once
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
@@ -54,6 +54,7 @@ ALLOCATION_AGREEMENT = 0.97
 #: (162 vs 282 B at 2 bits, no accuracy lost) but never beat the uniform variants on the 4
 #: spatial splits tried (brotli's spatial context does better there), at ~8 s of profiling each.
 ALLOCATE_CHOICES = ("vectors", "all", "none")
+TAIL_BACKENDS = ("auto", "litert", "tf")
 # A variant with fewer bytes replaces the most accurate one only if it costs at most this much.
 VARIANT_TOLERANCE_PP = 0.25
 CLASSIFY_VALUES = 1 << 25  # float32 values per tail call (128 MiB)
@@ -68,6 +69,7 @@ class ProfileOptions:
     jpeg_quality: int = 90
     progress: bool = True
     allocate: str = "vectors"  # which splits get a bits=1 allocation: vectors, all or none
+    tail_backend: str = "auto"  # tails that classify: litert (TFLite tails), tf, auto (litert if any)
 
 
 def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> Profile:
@@ -78,7 +80,8 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
 
     manifest = load_manifest(bundle)
     _check_bits(options.bits)
-    full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    full_keras = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    full = classifier(bundle, manifest.split("input"), full_keras, options.tail_backend)
     float_pred = predict(full, dataset.images, options.batch_size)
     float_top1 = _accuracy(float_pred, dataset.labels)
 
@@ -101,26 +104,29 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     }
 
     configs, variants, calibration = [], [], {}
-    split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
+    # tail_ms is TensorFlow's batch-1 time on this CPU, whatever classified: the scheduler's
+    # cloud classes are scaled from it (scheduler/devices.py).
+    split_info = {"input": {"tail_ms": _tail_latency_ms(full_keras, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
     bar = _progress(splits, options.progress)
     for split in bar:
         if options.progress:
             bar.set_postfix_str(split.name[:28])
         interp, _ = load_interpreter(bundle / split.head)
-        tail = keras.models.load_model(bundle / split.tail, compile=False)
+        tail_keras = keras.models.load_model(bundle / split.tail, compile=False)
+        tail = classifier(bundle, split, tail_keras, options.tail_backend)
         calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
         ranges = codec.calibrate_ranges(calib_acts)
         calibration[split.name] = {"ranges": ranges.to_json()}
         allocation = None
         if codec.MIXED_BITS in options.bits and (
                 options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
-            allocation, chosen = fit_allocation(tail, calib_acts)
+            allocation, chosen = fit_allocation(tail_keras, calib_acts, tail)
             calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
         measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
                                  split_variants(options.bits, allocation is not None),
                                  options.batch_size, allocation)
-        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
+        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail_keras, calib_acts[:1])}
         for (bits, variant), m in measured.items():
             row = {
                 "split": split.name, "bits": bits, "variant": variant,
@@ -142,6 +148,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         "model_name": manifest.model.name,
         "dataset": dataset.description,
         "float_top1": float_top1,
+        "tail_backend": getattr(full, "backend", "tf"),
         "confidence": {"level": CONFIDENCE, "sided": "one",
                        "method": "newcombe-paired-score" if dataset.labels is not None
                        else "wilson-disagreement"},
@@ -191,7 +198,7 @@ def choose_variants(rows: Sequence[dict]) -> list[dict]:
     return chosen
 
 
-def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[codec.ChannelRanges, dict]:
+def fit_allocation(tail, calib_acts: np.ndarray, classify=None) -> tuple[codec.ChannelRanges, dict]:
     """The split's per-channel allocation: the smallest of ALLOCATION_BUDGETS whose top-1
     agreement with the float tail on the calibration images reaches ALLOCATION_AGREEMENT (the
     largest budget if none does). The accuracy reported for it is measured later, on the
@@ -199,8 +206,9 @@ def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[codec.ChannelRanges, d
     from converter import allocation as alloc
 
     fits = alloc.fit_widths(calib_acts)
-    importance = alloc.channel_importance(tail, calib_acts)
-    reference = _classify(tail, calib_acts)
+    importance = alloc.channel_importance(tail, calib_acts)  # gradients: the Keras tail
+    classify = tail if classify is None else classify
+    reference = _classify(classify, calib_acts)
     candidates: dict[int, codec.ChannelRanges] = {}
     tried = []
 
@@ -210,7 +218,7 @@ def fit_allocation(tail, calib_acts: np.ndarray) -> tuple[codec.ChannelRanges, d
         decoded = np.stack([codec.unpack(codec.pack(a, codec.MIXED_BITS, ranges=candidate),
                                            ranges=candidate) for a in calib_acts])
         tried.append({"mean_bits": ALLOCATION_BUDGETS[i],
-                      "agreement": float(np.mean(_classify(tail, decoded) == reference))})
+                      "agreement": float(np.mean(_classify(classify, decoded) == reference))})
         return tried[-1]["agreement"]
 
     lo, hi = 0, len(ALLOCATION_BUDGETS) - 1  # bisection for the first budget that reaches it
@@ -288,8 +296,42 @@ def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
 _COMPILED: list = []  # [(model, compiled fn)]: one model at a time, the profiler walks splits in order
 
 
+def classifier(bundle: Path, split, keras_tail, backend: str = "auto"):
+    """What classifies at `split`: its TFLite tail on LiteRT (several times faster on a CPU,
+    and what a CPU cloud serves) when the bundle has one and `backend` allows, else the Keras
+    tail."""
+    if backend not in TAIL_BACKENDS:
+        raise ValueError(f"Expected a tail backend in {TAIL_BACKENDS}. Received: {backend!r}")
+    if backend == "tf" or split.tail_tflite is None:
+        if backend == "litert":
+            raise BundleError(f"split {split.name!r} has no TFLite tail: reconvert the bundle "
+                              "(python -m converter) or pass --tail-backend tf")
+        return keras_tail
+    return LiteTail(bundle / split.tail_tflite)
+
+
+class LiteTail:
+    """A TFLite tail that answers top-1 classes, in batches of at most `batch` (one resize per
+    batch size: the profiler's batches repeat)."""
+
+    backend = "litert"
+
+    def __init__(self, path: Path, batch: int = 50):  # ProfileOptions.batch_size
+        self.interpreter, _ = load_interpreter(path)
+        self.batch = batch
+
+    def top1(self, x: np.ndarray) -> np.ndarray:
+        from splitinfer.litert import run_batch
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return np.concatenate([np.argmax(run_batch(self.interpreter, x[i:i + self.batch]), axis=-1)
+                               for i in range(0, len(x), self.batch)])
+
+
 def _classify(model, x: np.ndarray) -> np.ndarray:
     """Top-1 classes through a traced tf.function (eager Keras costs more than the math here)."""
+    if isinstance(model, LiteTail):
+        return model.top1(x)
     if not _COMPILED or _COMPILED[0][0] is not model:
         tf = import_tensorflow()
         spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
@@ -380,6 +422,9 @@ def main(argv=None) -> int:
                    "1 = a per-channel allocation)")
     p.add_argument("--allocate", choices=ALLOCATE_CHOICES, default="vectors",
                    help="splits that get a per-channel allocation (bits 1): 1-D ones (default), all, none")
+    p.add_argument("--tail-backend", choices=TAIL_BACKENDS, default="auto",
+                   help="tails that classify: TFLite on LiteRT when the bundle has them (auto, the "
+                        "default), litert, or tf (the Keras tails)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.verify is not None:
@@ -390,7 +435,8 @@ def main(argv=None) -> int:
         bits = tuple(int(b) for b in args.bits.split(",")) if args.bits else ALL_BITS
         _check_bits(bits)
         options = ProfileOptions(bits=bits, limit=args.limit, progress=not args.no_progress,
-                                 allocate=args.allocate, calib_limit=args.calibration)
+                                 allocate=args.allocate, calib_limit=args.calibration,
+                                 tail_backend=args.tail_backend)
         manifest = load_manifest(args.bundle)
         dataset = load_dataset(manifest, args.data, limit=options.limit,
                                calibration=options.calib_limit)

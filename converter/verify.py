@@ -70,8 +70,8 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
                   progress: bool = True) -> tuple[list[Verdict], dict]:
     """Replay the chosen configurations of BUNDLE/profile.json on `count` unseen images."""
     from converter.datasets import fresh_dataset
-    from converter.profile import measure_split, predict
-    from edge_runtime.interpreter import load_interpreter
+    from converter.profile import classifier, measure_split, predict
+    from splitinfer.litert import load_interpreter
     from splitinfer.bundle.calibration import load_calibration
     from splitinfer.bundle.manifest import load_manifest
     from splitinfer.quiet import import_tensorflow
@@ -85,7 +85,8 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     import_tensorflow()
     import keras
 
-    full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    full = classifier(bundle, manifest.split("input"),
+                      keras.models.load_model(bundle / manifest.split("input").tail, compile=False))
     float_pred = predict(full, dataset.images, 50)
     ranges = load_calibration(bundle, manifest)
     allocations = load_calibration(bundle, manifest, "allocated")
@@ -100,7 +101,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
         split = manifest.split(name)
         mine = [r for r in chosen if r["split"] == name]
         interp, _ = load_interpreter(bundle / split.head)
-        tail = keras.models.load_model(bundle / split.tail, compile=False)
+        tail = classifier(bundle, split, keras.models.load_model(bundle / split.tail, compile=False))
         variants = [(int(r["bits"]), config_variant(r)) for r in mine]
         measured = measure_split(manifest, split, interp, tail, ranges.get(name), dataset.images,
                                  variants, allocation=allocations.get(name))

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edge_runtime.interpreter import RuntimeInfo, load_interpreter
+from splitinfer.litert import RuntimeInfo, load_interpreter
 from splitinfer.bundle.manifest import FULL, Manifest
 from splitinfer.bundle.profile import Profile
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime.heads import FULL, HeadPool
-from edge_runtime.interpreter import default_num_threads
+from splitinfer.litert import default_num_threads
 from splitinfer.bundle.device import DEVICE_PROFILE_VERSION
 from splitinfer.bundle.files import write_json_atomic
 from splitinfer.bundle.manifest import load_manifest

@@ -110,7 +110,7 @@ def local(tiny_bundle, tiny_model_path):
     import_tensorflow()
     import keras
 
-    from edge_runtime.interpreter import load_interpreter, run_once
+    from splitinfer.litert import load_interpreter, run_once
 
     manifest = load_manifest(tiny_bundle)
     model = keras.models.load_model(tiny_model_path, compile=False)
@@ -176,7 +176,10 @@ def servers(bundles, tmp_path_factory):
     eager = start([bundles["calibrated"]], logs / "eager.log", "--token", TOKEN,
                   "--max-batch", "8", "--max-delay-ms", "20", "--max-body-bytes", str(MAX_BODY),
                   token=TOKEN)
+    # The eager server picks its tail backend (auto: LiteRT on this CPU), the lazy one serves
+    # the Keras tails: every answer test below runs on one or the other.
     lazy = start([bundles["calibrated"], bundles["other"]], logs / "lazy.log", "--load", "lazy",
+                 "--tail-backend", "tf",
                  env={"SPLITINFER_TOKEN": LAZY_TOKEN}, token=LAZY_TOKEN)
     try:
         ready = {"eager": wait_ready(eager), "lazy": wait_ready(lazy)}
@@ -363,6 +366,16 @@ def test_models_and_readyz_say_what_is_served_and_where(eager):
     ready = s.get(eager.url + "/readyz").json()
     assert ready["ready"] and ready["load"] == "eager" and ready["tails_loaded"] == 9
     assert ready["device"] == models["device"] == m["device"]
+    assert models["backend"] == "litert" and models["backend_chosen_because"].startswith("auto: no GPU")
+    metrics = s.get(eager.url + "/metrics").text
+    assert 'splitinfer_backend_info{backend="litert",device="/CPU:0"' in metrics
+    assert "backend litert (auto: no GPU" in eager.log_text()  # the start-up line says it too
+
+
+def test_the_lazy_server_serves_keras_tails_when_asked(servers):
+    lazy = servers["lazy"]
+    models = lazy.session().get(lazy.url + "/v1/models").json()
+    assert models["backend"] == "tf" and models["backend_chosen_because"] == "asked for"
 
 
 def test_lazy_server_loads_on_first_use_and_serves_two_models(servers, local):

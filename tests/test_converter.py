@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from edge_runtime.interpreter import load_interpreter, run_once
+from splitinfer.litert import load_interpreter, run_once
 from splitinfer.bundle.manifest import BundleError, load_manifest
 from tests.conftest import run_module
 

@@ -33,7 +33,7 @@ for name in names:
     if name == '__main__':
         continue
     importlib.import_module('edge_runtime.' + name)
-from edge_runtime.interpreter import interpreter_class
+from splitinfer.litert import interpreter_class
 cls, package = interpreter_class()
 assert package == 'ai_edge_litert', package
 assert not any(m.split('.')[0] in ('tensorflow', 'keras') for m in sys.modules)

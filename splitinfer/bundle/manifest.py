@@ -44,8 +44,9 @@ class Split:
     tail: str
     head_flops: int
     tail_flops: int
-    verify: dict[str, float] = field(default_factory=dict)
+    verify: dict[str, float | str] = field(default_factory=dict)
     head_int8: str | None = None
+    tail_tflite: str | None = None  # the tail as float32 TFLite (batch free), when it converted
 
     @property
     def is_input(self) -> bool:
@@ -111,6 +112,7 @@ class Manifest:
                     tail_flops=int(s["tail_flops"]),
                     verify=dict(s.get("verify", {})),
                     head_int8=s.get("head_int8"),
+                    tail_tflite=s.get("tail_tflite"),
                 )
                 for s in d["splits"]
             )
@@ -159,6 +161,8 @@ def bundle_files(manifest: Manifest) -> list[str]:
             paths.append(s.head)
         if s.head_int8:
             paths.append(s.head_int8)
+        if s.tail_tflite:
+            paths.append(s.tail_tflite)
     return paths
 
 

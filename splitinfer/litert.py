@@ -80,3 +80,15 @@ def run_once(interpreter: Any, x: Any) -> Any:
     interpreter.set_tensor(inp["index"], x)
     interpreter.invoke()
     return interpreter.get_tensor(out["index"])
+
+
+def run_batch(interpreter: Any, x: Any) -> Any:
+    """Run a batch through a model exported with a free batch dimension (the TFLite tails),
+    resizing the input first when the batch size changed. XNNPACK needs static shapes, and a
+    resize makes them static again: callers that pad to a few batch sizes (the cloud's buckets)
+    keep one interpreter per size and never pay for the re-allocation."""
+    inp = interpreter.get_input_details()[0]
+    if tuple(inp["shape"]) != tuple(x.shape):
+        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
+        interpreter.allocate_tensors()
+    return run_once(interpreter, x)

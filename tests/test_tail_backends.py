@@ -1,0 +1,66 @@
+"""TFLite tails: written and verified by the converter, chosen by the cloud, equal to Keras."""
+import numpy as np
+import pytest
+
+from cloud_runtime.backend import TailSpec, choose_backend
+from splitinfer.bundle.manifest import load_manifest
+
+
+def _spec(split: str, tflite: bool) -> TailSpec:
+    return TailSpec(model="m", model_sha256="ab" * 32, split=split, path=f"/b/tails/{split}.keras",
+                    input_shape=(4,), tflite_path=f"/b/tails/{split}.tflite" if tflite else None)
+
+
+def test_auto_picks_litert_on_a_cpu_and_tensorflow_on_a_gpu():
+    both = [_spec("a", True), _spec("b", True)]
+    assert choose_backend("auto", both, gpu=False) == ("litert", "auto: no GPU, every tail has a TFLite file")
+    assert choose_backend("auto", both, gpu=True)[0] == "tf"
+    assert choose_backend("auto", [_spec("a", True), _spec("b", False)], gpu=False)[0] == "tf"
+    assert choose_backend("tf", both) == ("tf", "asked for")
+    assert choose_backend("keras", both)[0] == "tf"  # the old name
+    assert choose_backend("litert", both) == ("litert", "asked for")
+    with pytest.raises(ValueError, match="b has none: reconvert"):
+        choose_backend("litert", [_spec("a", True), _spec("b", False)])
+    with pytest.raises(ValueError, match="Unknown tail backend"):
+        choose_backend("onnx", both)
+
+
+def test_the_converter_writes_verified_tflite_tails(tiny_bundle):
+    manifest = load_manifest(tiny_bundle)
+    for s in manifest.splits:
+        assert s.tail_tflite == s.tail.replace(".keras", ".tflite")
+        assert (tiny_bundle / s.tail_tflite).stat().st_size > 0
+        assert 0 <= s.verify["tail_tflite_max_rel_err"] <= manifest.converter["rtol"]
+
+
+@pytest.mark.slow
+def test_litert_and_keras_backends_agree_on_every_tail(tiny_bundle):
+    """Both backends, as the cloud runs them (bucketed batch sizes), on activations of real
+    heads: the same top-1 everywhere and logits within the converter's tolerance."""
+    from cloud_runtime.litert_backend import LiteRTTailBackend
+    from cloud_runtime.registry import ModelRegistry
+    from cloud_runtime.tf_backend import KerasTailBackend
+    from splitinfer.litert import load_interpreter, run_once
+
+    manifest = load_manifest(tiny_bundle)
+    registry = ModelRegistry.from_bundles([str(tiny_bundle)])
+    lite, keras_backend = LiteRTTailBackend(num_threads=1), KerasTailBackend()
+    lite.start()
+    keras_backend.start()
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (8, *manifest.model.input_shape)).astype(np.float32)
+    for tail in registry.tails():
+        split = manifest.split(tail.split)
+        if split.head is None:
+            acts = images
+        else:
+            head, _ = load_interpreter(tiny_bundle / split.head, num_threads=1)
+            acts = np.concatenate([run_once(head, x[None]) for x in images])
+        lite.load(tail)
+        keras_backend.load(tail)
+        for batch in (1, 2, 8):
+            a, b = lite.run(tail, acts[:batch]), keras_backend.run(tail, acts[:batch])
+            assert a.shape == b.shape
+            assert np.array_equal(a.argmax(-1), b.argmax(-1)), tail.split
+            assert np.max(np.abs(a - b)) <= 1e-3 * max(1.0, float(np.max(np.abs(b))))
+    assert lite.device == "/CPU:0" and lite.device_info()["delegate"] == "XNNPACK"
