@@ -21,7 +21,8 @@ class TailSpec:
     split: str
     path: str  # absolute path of tails/<split>.keras
     input_shape: tuple[int, ...]  # without the batch dimension
-    tflite_path: str | None = None  # absolute path of tails/<split>.tflite, when converted
+    tflite_path: str | None = None  # absolute path of the bundle's tails.tflite, when it has one
+    tflite_signature: str | None = None  # this tail's signature in it (None: no TFLite tail)
 
     @property
     def key(self) -> str:
@@ -86,7 +87,7 @@ def choose_backend(name: str, tails: list[TailSpec], gpu: bool | None = None) ->
     if name in ("tf", "keras"):
         return "tf", "asked for"
     if name == "litert":
-        missing = [t.key for t in tails if t.tflite_path is None]
+        missing = [t.key for t in tails if t.tflite_signature is None]
         if missing:
             raise ValueError(f"--tail-backend litert needs TFLite tails; {missing[0]} has none: "
                              "reconvert the bundle (python -m converter) or use --tail-backend tf")
@@ -95,9 +96,9 @@ def choose_backend(name: str, tails: list[TailSpec], gpu: bool | None = None) ->
         raise ValueError(f"Unknown tail backend {name!r}. Expected one of ('auto', 'litert', 'tf').")
     if gpu_present() if gpu is None else gpu:
         return "tf", "auto: a GPU is present"
-    if any(t.tflite_path is None for t in tails):
-        return "tf", "auto: no GPU, but some tails have no TFLite file"
-    return "litert", "auto: no GPU, every tail has a TFLite file"
+    if any(t.tflite_signature is None for t in tails):
+        return "tf", "auto: no GPU, but some tails have no TFLite form"
+    return "litert", "auto: no GPU, every tail has a TFLite form"
 
 
 def make_backend(name: str, tails: list[TailSpec] = ()) -> TailBackend:

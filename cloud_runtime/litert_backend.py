@@ -1,20 +1,32 @@
 """TFLite tails on LiteRT with XNNPACK: the CPU cloud's backend.
 
 Why: on a CPU, a small tail spends most of a TensorFlow call in framework overhead; the same
-tail as TFLite runs several times faster (`python -m benchmarks.cloud_backends`). The converter
-writes each tail with a free batch dimension; XNNPACK needs static shapes, so each tail gets one
-interpreter per bucket size the service pads to (`cloud_runtime.buckets`), resized once, and a
-lock, because an interpreter is not thread-safe.
+tail as TFLite runs several times faster (`python -m benchmarks.cloud_backends`). A bundle's
+tails are one file, a signature per split, with a free batch dimension. XNNPACK needs static
+shapes, so each file gets one interpreter per bucket size the service pads to
+(`cloud_runtime.buckets`), and its signatures are resized once; an interpreter is not
+thread-safe, so each has a lock.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cloud_runtime.backend import LoadTiming, TailBackend, TailSpec
+
+
+@dataclass
+class _Slot:
+    """One interpreter of a tails file at one batch size, and the signatures run on it."""
+
+    interpreter: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    runners: dict[str, Any] = field(default_factory=dict)
 
 
 class LiteRTTailBackend(TailBackend):
@@ -24,10 +36,9 @@ class LiteRTTailBackend(TailBackend):
         self._num_threads = num_threads
         self._started = False
         self._info: dict[str, Any] = {}
-        self._models: dict[str, bytes] = {}
-        self._interpreters: dict[tuple[str, int], Any] = {}
-        self._locks: dict[str, threading.Lock] = {}
-        self._load_lock = threading.Lock()
+        self._loaded: set[str] = set()
+        self._slots: dict[tuple[str, int], _Slot] = {}
+        self._slots_lock = threading.Lock()
 
     def start(self) -> None:
         if self._started:
@@ -48,49 +59,52 @@ class LiteRTTailBackend(TailBackend):
         return dict(self._info)
 
     def is_loaded(self, tail: TailSpec) -> bool:
-        return tail.key in self._models
+        return tail.key in self._loaded
 
     def load(self, tail: TailSpec) -> LoadTiming:
         if not self._started:
             raise RuntimeError("LiteRTTailBackend.load before start(); call start() in the worker")
-        if tail.tflite_path is None:
-            raise RuntimeError(f"tail {tail.key} has no TFLite file: reconvert the bundle "
+        if tail.tflite_signature is None or tail.tflite_path is None:
+            raise RuntimeError(f"tail {tail.key} has no TFLite form: reconvert the bundle "
                                "(python -m converter) or serve it with --tail-backend tf")
-        with self._load_lock:
-            if tail.key in self._models:
-                return LoadTiming(0.0, 0.0)
-            t0 = time.monotonic()
-            with open(tail.tflite_path, "rb") as f:
-                content = f.read()
-            self._models[tail.key] = content
-            self._locks[tail.key] = threading.Lock()
-            t1 = time.monotonic()
-            self.run(tail, np.zeros((1, *tail.input_shape), np.float32))
-            return LoadTiming(load_s=t1 - t0, warmup_s=time.monotonic() - t1)
+        if tail.key in self._loaded:
+            return LoadTiming(0.0, 0.0)
+        if not os.path.isfile(tail.tflite_path):
+            raise RuntimeError(f"tail {tail.key}: {tail.tflite_path} is missing")
+        t0 = time.monotonic()
+        self._slot(tail.tflite_path, 1)  # reads the file (mapped: interpreters share its pages)
+        t1 = time.monotonic()
+        self._run(tail, np.zeros((1, *tail.input_shape), np.float32))
+        self._loaded.add(tail.key)
+        return LoadTiming(load_s=t1 - t0, warmup_s=time.monotonic() - t1)
 
-    def _interpreter(self, tail: TailSpec, batch: int):
-        """The tail's interpreter for this batch size (built on first use; call under its lock)."""
-        key = (tail.key, batch)
-        interpreter = self._interpreters.get(key)
-        if interpreter is None:
-            from splitinfer.litert import load_interpreter, run_batch
+    def _slot(self, path: str, batch: int) -> _Slot:
+        with self._slots_lock:
+            slot = self._slots.get((path, batch))
+            if slot is None:
+                from splitinfer.litert import load_interpreter
 
-            interpreter, _ = load_interpreter(model_content=self._models[tail.key],
-                                              num_threads=self._num_threads)
-            run_batch(interpreter, np.zeros((batch, *tail.input_shape), np.float32))  # resize once
-            self._interpreters[key] = interpreter
-        return interpreter
+                interpreter, _ = load_interpreter(path, num_threads=self._num_threads)
+                slot = self._slots[(path, batch)] = _Slot(interpreter)
+            return slot
 
     def run(self, tail: TailSpec, batch: np.ndarray) -> np.ndarray:
-        from splitinfer.litert import run_batch
-
-        lock = self._locks.get(tail.key)
-        if lock is None:
+        if tail.key not in self._loaded:
             raise RuntimeError(f"tail {tail.key} is not loaded")
+        return self._run(tail, batch)
+
+    def _run(self, tail: TailSpec, batch: np.ndarray) -> np.ndarray:
+        from splitinfer.litert import run_tail
+
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        with lock:
-            return np.array(run_batch(self._interpreter(tail, len(x)), x))  # a copy: buffers are reused
+        slot = self._slot(tail.tflite_path, len(x))
+        with slot.lock:
+            runner = slot.runners.get(tail.tflite_signature)
+            if runner is None:
+                runner = slot.runners[tail.tflite_signature] = \
+                    slot.interpreter.get_signature_runner(tail.tflite_signature)
+            return np.array(run_tail(runner, x))  # a copy: the interpreter reuses its buffers
 
     def close(self) -> None:
-        self._interpreters.clear()
-        self._models.clear()
+        self._slots.clear()
+        self._loaded.clear()

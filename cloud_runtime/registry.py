@@ -42,8 +42,9 @@ class ServedModel:
         specs = {s.name: TailSpec(model=self.name, model_sha256=self.sha256, split=s.name,
                                   path=str((self.bundle / s.tail).resolve()),
                                   input_shape=tuple(s.shape),
-                                  tflite_path=str((self.bundle / s.tail_tflite).resolve())
-                                  if s.tail_tflite else None)
+                                  tflite_path=str((self.bundle / self.manifest.tails_tflite).resolve())
+                                  if s.tail_signature else None,
+                                  tflite_signature=s.tail_signature)
                  for s in self.manifest.splits}
         object.__setattr__(self, "_tails", specs)
 

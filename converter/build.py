@@ -1,4 +1,5 @@
-"""Cut a Keras model into a bundle: one TFLite head and one Keras tail per split.
+"""Cut a Keras model into a bundle: one TFLite head and one Keras tail per split, and every tail
+in one TFLite file.
 
 `plan()` finds and selects the splits (cheap: graph analysis only); `convert()` writes the bundle
 atomically (built in a temporary directory beside the target, then renamed), so a failed or
@@ -6,6 +7,7 @@ interrupted run never leaves a half-written bundle behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -19,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from converter import graph as G
-from converter.export import ExportError, to_tflite
+from converter.export import ExportError, tails_to_tflite, to_tflite
 from converter.flops import layer_flops
 from splitinfer.litert import load_interpreter, run_once
 from splitinfer.bundle.files import umask_mode, write_json_atomic
@@ -34,6 +36,7 @@ from splitinfer.bundle.manifest import (
 )
 
 CONVERTER_VERSION = "0.1.0"
+TAILS_TFLITE = "tails.tflite"
 
 
 @dataclass(frozen=True)
@@ -157,19 +160,24 @@ def convert(
         (work / "full.tflite").write_bytes(full_bytes)
         full_err = _compare(reference, _run_tflite(full_bytes, samples))
 
-        splits, skipped = [], []
+        splits, skipped, tail_checks = [], [], []
         progress = _progress(p.selected, options.progress, "converting splits")
         for cand in progress:
             if options.progress:
                 progress.set_postfix_str(cand.name[:28])
             try:
-                splits.append(_convert_split(p, cand, work, samples, reference, options, len(splits)))
+                split, tail_check = _convert_split(p, cand, work, samples, reference, options, len(splits))
+                splits.append(split)
+                tail_checks.append(tail_check)
             except (ExportError, G.UnsupportedModelError, _VerifyError, ValueError) as e:
                 skipped.append({"name": cand.name, "reason": str(e).splitlines()[0][:300]})
         if not any(s.name == INPUT_SPLIT for s in splits):
             raise G.UnsupportedModelError(
                 f"The cloud-only tail could not be built: {skipped[0]['reason'] if skipped else '?'}"
             )
+        tails_tflite, tails_note = None, {}
+        if options.tflite_tails:
+            splits, tails_tflite, tails_note = _tflite_tails(p.model, splits, tail_checks, work, options.rtol)
         manifest = Manifest(
             model=ModelInfo(
                 name=name or model.name,
@@ -190,7 +198,9 @@ def convert(
                 "seconds": round(time.perf_counter() - started, 1),
                 "full_verify": full_err,
                 "rtol": options.rtol,
+                **tails_note,
             },
+            tails_tflite=tails_tflite,
         )
         write_json_atomic(work / MANIFEST_FILE, manifest.to_dict())
         _replace_dir(work, out)
@@ -236,11 +246,6 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
                 f"{e['max_rel_err']:.3g} > {options.rtol:g} (max abs {e['max_abs_err']:.3g})"
             )
     err = {**err, "head_max_rel_err": head_err["max_rel_err"]}
-    tail_tflite = None
-    if options.tflite_tails:
-        tail_tflite, tail_check = _tflite_tail(tail_model, cand.shape, f"tails/{file_stem}.tflite",
-                                               work, activations, got, options.rtol)
-        err.update(tail_check)
     head_int8 = None
     if options.int8 and cand.node >= 0:
         rep = options.representative or _random_representative(p.input_shape, options.seed)
@@ -259,28 +264,56 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
         tail_flops=cand.tail_flops,
         verify=err,
         head_int8=head_int8,
-        tail_tflite=tail_tflite,
-    )
+    ), TailCheck(tail_model, cand.shape, activations, got)
 
 
-def _tflite_tail(tail_model, shape, path: str, work: Path, activations, expected,
-                 rtol: float) -> tuple[str | None, dict]:
-    """The tail as TFLite, verified against the Keras tail on the same activations, in a batch
-    (the way the cloud runs it). A tail that does not convert or match is left out and says
-    why: the split still serves through TensorFlow."""
-    from splitinfer.litert import run_batch
+@dataclass(frozen=True)
+class TailCheck:
+    """A split's Keras tail, with activations and what the tail answered on them."""
 
+    model: Any
+    shape: tuple[int, ...]
+    activations: np.ndarray
+    expected: np.ndarray
+
+
+def _tflite_tails(model, splits: list[Split], checks: list[TailCheck], work: Path,
+                  rtol: float) -> tuple[list[Split], str | None, dict]:
+    """Write tails.tflite, one signature per split, each verified against its Keras tail on the
+    same activations, in one batch (the way the cloud runs it). A tail that does not match keeps
+    no signature and says why; if the whole file does not convert, the manifest says why. Either
+    way the split still serves through TensorFlow."""
+    from splitinfer.litert import run_tail
+
+    keys = _signature_keys([s.name for s in splits])
     try:
-        flatbuffer = to_tflite(tail_model, shape, batch=None)
+        flatbuffer = tails_to_tflite({k: (c.model, c.shape) for k, c in zip(keys, checks)},
+                                     model.variables)
         interpreter, _ = load_interpreter(model_content=flatbuffer)
-        got = run_batch(interpreter, np.asarray(activations, dtype=np.float32))
     except (ExportError, ValueError, RuntimeError) as e:
-        return None, {"tail_tflite_skipped": str(e).splitlines()[0][:200]}
-    e = _compare(expected, got)
-    if not e["max_rel_err"] <= rtol:
-        return None, {"tail_tflite_skipped": f"max relative error {e['max_rel_err']:.3g} > {rtol:g}"}
-    (work / path).write_bytes(flatbuffer)
-    return path, {"tail_tflite_max_rel_err": e["max_rel_err"]}
+        return splits, None, {"tails_tflite_skipped": str(e).splitlines()[0][:300]}
+    out = []
+    for split, key, check in zip(splits, keys, checks):
+        got = run_tail(interpreter.get_signature_runner(key), np.asarray(check.activations, np.float32))
+        e = _compare(check.expected, got)
+        if e["max_rel_err"] <= rtol:
+            verify = {**split.verify, "tail_tflite_max_rel_err": e["max_rel_err"]}
+            out.append(dataclasses.replace(split, verify=verify, tail_signature=key))
+        else:
+            verify = {**split.verify,
+                      "tail_tflite_skipped": f"max relative error {e['max_rel_err']:.3g} > {rtol:g}"}
+            out.append(dataclasses.replace(split, verify=verify))
+    (work / TAILS_TFLITE).write_bytes(flatbuffer)
+    return out, TAILS_TFLITE, {}
+
+
+def _signature_keys(names: Sequence[str]) -> list[str]:
+    """One identifier per split name, unique (signature keys are looked up by name)."""
+    keys: list[str] = []
+    for i, name in enumerate(names):
+        key = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        keys.append(key if key not in keys else f"{key}_{i}")
+    return keys
 
 
 def safe_filename(name: str) -> str:

@@ -1,10 +1,12 @@
-"""Keras model -> TFLite flatbuffer (batch fixed at 1, builtin ops only)."""
+"""Keras model -> TFLite flatbuffer (batch fixed at 1, builtin ops only); tails -> one flatbuffer."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import tempfile
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from splitinfer.litert import TAIL_INPUT, TAIL_OUTPUT
 from splitinfer.quiet import import_tensorflow, native_output_captured
 
 
@@ -63,3 +65,38 @@ def to_tflite(
             f"{type(error).__name__}: {str(error)[:500]}\n{detail}"
         ) from error
     return flatbuffer
+
+
+def tails_to_tflite(tails: Mapping[str, tuple[Any, tuple[int, ...]]], variables: Iterable[Any]) -> bytes:
+    """Every tail in one float32 TFLite model, one signature per key, batch dimension free.
+
+    Why one file: the tails of one model share its later layers, and the TFLite converter keeps
+    one copy of a weight that several signatures read. Measured on the default model, four
+    tails took 5.5 MB together against 20.9 MB as four files. `tails` maps a signature key
+    to (tail model, activation shape). The tails must be built on the layers of one model, whose
+    `variables` are passed so that the SavedModel the converter reads tracks them.
+    """
+    tf = import_tensorflow()
+    module = tf.Module()
+    module.weights = [getattr(v, "value", v) if not isinstance(v, tf.Variable) else v for v in variables]
+    signatures = {}
+    for key, (model, shape) in tails.items():
+        spec = tf.TensorSpec([None, *shape], tf.float32, name=TAIL_INPUT)
+        signatures[key] = _tail_function(model, spec).get_concrete_function()
+    with tempfile.TemporaryDirectory(prefix="tails-savedmodel-") as saved:
+        with native_output_captured() as log:
+            try:
+                tf.saved_model.save(module, saved, signatures=signatures)
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(signatures))
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+                return converter.convert()
+            except Exception as e:  # the converter raises many types; one message is enough
+                detail = "".join(log)[-2000:]
+                raise ExportError(f"TFLite conversion of the tails failed: {type(e).__name__}: "
+                                  f"{str(e)[:500]}\n{detail}") from e
+
+
+def _tail_function(model: Any, spec: Any) -> Any:
+    tf = import_tensorflow()
+    return tf.function(lambda x: {TAIL_OUTPUT: model(x, training=False)}, input_signature=[spec],
+                       autograph=False)

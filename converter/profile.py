@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ from converter.datasets import (
     load_dataset,
 )
 from edge_runtime.images import ImageError, decode_image, encode_jpeg
-from splitinfer.litert import load_interpreter, run_once
+from splitinfer.litert import load_interpreter, run_once, run_tail
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
@@ -70,6 +70,7 @@ class ProfileOptions:
     progress: bool = True
     allocate: str = "vectors"  # which splits get a bits=1 allocation: vectors, all or none
     tail_backend: str = "auto"  # tails that classify: litert (TFLite tails), tf, auto (litert if any)
+    screen: bool = True  # stop measuring variants clearly out of any budget (`Screen`)
 
 
 def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = ProfileOptions()) -> Profile:
@@ -80,8 +81,12 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
 
     manifest = load_manifest(bundle)
     _check_bits(options.bits)
-    full_keras = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
-    full = classifier(bundle, manifest.split("input"), full_keras, options.tail_backend)
+    backend = resolve_backend(manifest, options.tail_backend)
+
+    def keras_tail(split):
+        return keras.models.load_model(bundle / split.tail, compile=False)
+
+    full = classifier(bundle, manifest, manifest.split("input"), keras_tail, backend)
     float_pred = predict(full, dataset.images, options.batch_size)
     float_top1 = _accuracy(float_pred, dataset.labels)
 
@@ -100,38 +105,41 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         "encode_ms": float(np.mean(encode_s) * 1e3),
         "decode_ms": float(np.mean(decode_s) * 1e3),
         **_byte_stats(jpeg_bytes),
-        **_accuracy_fields(jpeg_pred, float_pred, dataset.labels, float_top1),
+        **_accuracy_fields(jpeg_pred, float_pred, dataset.labels),
     }
 
     configs, variants, calibration = [], [], {}
-    # tail_ms is TensorFlow's batch-1 time on this CPU, whatever classified: the scheduler's
-    # cloud classes are scaled from it (scheduler/devices.py).
-    split_info = {"input": {"tail_ms": _tail_latency_ms(full_keras, dataset.images[:1])}}
+    # tail_ms is the batch-1 time on this CPU of the tails that classified (`tail_backend`): the
+    # scheduler's cloud classes are scaled from it (scheduler/devices.py).
+    split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
     bar = _progress(splits, options.progress)
     for split in bar:
         if options.progress:
             bar.set_postfix_str(split.name[:28])
         interp, _ = load_interpreter(bundle / split.head)
-        tail_keras = keras.models.load_model(bundle / split.tail, compile=False)
-        tail = classifier(bundle, split, tail_keras, options.tail_backend)
+        tail = classifier(bundle, manifest, split, keras_tail, backend)
         calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
         ranges = codec.calibrate_ranges(calib_acts)
         calibration[split.name] = {"ranges": ranges.to_json()}
         allocation = None
         if codec.MIXED_BITS in options.bits and (
                 options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
-            allocation, chosen = fit_allocation(tail_keras, calib_acts, tail)
+            # gradients need the Keras tail
+            allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
             calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
+        screen = Screen(float_pred, dataset.labels) if options.screen else None
         measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
                                  split_variants(options.bits, allocation is not None),
-                                 options.batch_size, allocation)
-        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail_keras, calib_acts[:1])}
+                                 options.batch_size, allocation, screen)
+        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
         for (bits, variant), m in measured.items():
+            k = len(m["pred"])  # fewer than the evaluation images when screened out
             row = {
-                "split": split.name, "bits": bits, "variant": variant,
+                "split": split.name, "bits": bits, "variant": variant, "images": k,
                 **_byte_stats(m["bytes"]),
-                **_accuracy_fields(np.array(m["pred"]), float_pred, dataset.labels, float_top1,
+                **_accuracy_fields(np.array(m["pred"]), float_pred[:k],
+                                   None if dataset.labels is None else dataset.labels[:k],
                                    exact=m["exact"]),
                 "pack_ms": float(np.mean(m["pack_s"]) * 1e3),
                 "unpack_ms": float(np.mean(m["unpack_s"]) * 1e3),
@@ -148,7 +156,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
         "model_name": manifest.model.name,
         "dataset": dataset.description,
         "float_top1": float_top1,
-        "tail_backend": getattr(full, "backend", "tf"),
+        "tail_backend": backend,
         "confidence": {"level": CONFIDENCE, "sided": "one",
                        "method": "newcombe-paired-score" if dataset.labels is not None
                        else "wilson-disagreement"},
@@ -244,49 +252,92 @@ def split_variants(bits: Sequence[int], allocated: bool) -> list[tuple[int, str]
     return variants
 
 
+@dataclass(frozen=True)
+class Screen:
+    """Stop measuring a variant once it is clearly out of any budget worth serving: after at
+    least `after` images, when the lower bound of its drop is above `drop_pp`. Its row keeps the
+    images it was measured on, and bounds as wide as those few images give (still valid)."""
+
+    float_pred: np.ndarray
+    labels: np.ndarray | None
+    after: int = 100
+    drop_pp: float = 5.0
+
+
 def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
-                  variants: Sequence[tuple[int, str]], batch_size: int = 50, allocation=None) -> dict:
-    """Bytes, top-1 answers and codec times of each (bits, variant) at `split` on `images`."""
+                  variants: Sequence[tuple[int, str]], batch_size: int = 50, allocation=None,
+                  screen: Screen | None = None) -> dict:
+    """Bytes, top-1 answers and codec times of each (bits, variant) at `split` on `images`.
+
+    The tail classifies one chunk's decoded variants on a second thread while this one runs the
+    head and the codec on the next chunk: the codec is single-threaded Python and numpy, so the
+    two overlap on two cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
     out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": [], "exact": True} for v in variants}
+    live = list(variants)
     n = len(images)
-    for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
-        acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
-        # Decoded variants are classified together (one tail call, not one per variant), in
-        # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
-        pending: list[tuple[dict, np.ndarray]] = []
+    in_flight: list = []  # futures, in order
+    screened = False
 
-        def flush() -> None:
-            preds = _classify(tail, np.concatenate([d for _, d in pending])).reshape(len(pending), -1)
-            for (m, _), p in zip(pending, preds):
-                m["pred"].extend(p.tolist())
-            pending.clear()
+    def classify(group: list[tuple[dict, np.ndarray]]) -> None:
+        preds = _classify(tail, np.concatenate([d for _, d in group])).reshape(len(group), -1)
+        for (m, _), p in zip(group, preds):
+            m["pred"].extend(p.tolist())
 
-        for bits, variant in variants:
-            decoded = np.empty_like(acts)
-            m = out[(bits, variant)]
-            own = allocation if variant == "allocated" else ranges
-            for i, a in enumerate(acts):
-                t0 = time.perf_counter()
-                payload = codec.pack(
-                    a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
-                    **codec.variant_kwargs(variant, bits, own),
-                )
-                t1 = time.perf_counter()
-                decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
-                t2 = time.perf_counter()
-                m["bytes"].append(len(payload))
-                m["pack_s"].append(t1 - t0)
-                m["unpack_s"].append(t2 - t1)
-            # A bit-exact payload (float32) gives the tail the head's own output.
-            exact = np.array_equal(decoded, acts)
-            m["exact"] = m["exact"] and exact
-            pending.append((m, acts if exact else decoded))
-            if (len(pending) + 1) * acts.size > CLASSIFY_VALUES:
-                flush()
-        if pending:
-            flush()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
+        for start in range(0, n, batch_size):
+            chunk = images[start:start + batch_size]
+            acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
+            # Decoded variants are classified together (one tail call, not one per variant), in
+            # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
+            pending: list[tuple[dict, np.ndarray]] = []
+            for bits, variant in live:
+                m = out[(bits, variant)]
+                decoded = _round_trip(manifest, split, acts, bits, variant,
+                                      allocation if variant == "allocated" else ranges, m)
+                pending.append((m, decoded))
+                if (len(pending) + 1) * acts.size > CLASSIFY_VALUES:
+                    in_flight.append(pool.submit(classify, pending))
+                    pending = []
+            if pending:
+                in_flight.append(pool.submit(classify, pending))
+            while len(in_flight) > 1:  # at most one chunk ahead: memory stays bounded
+                in_flight.pop(0).result()
+            if screen is not None and not screened and start + len(chunk) >= screen.after:
+                screened = True
+                for f in in_flight:
+                    f.result()
+                in_flight.clear()
+                live = [v for v in live if not _clearly_out(out[v]["pred"], screen)]
+        for f in in_flight:
+            f.result()
     return out
+
+
+def _round_trip(manifest, split, acts: np.ndarray, bits: int, variant: str, own, m: dict) -> np.ndarray:
+    """Pack and unpack every activation of a chunk as the edge and the cloud would; records
+    bytes and times in `m`. A bit-exact payload (float32) gives the tail the head's own output."""
+    decoded = np.empty_like(acts)
+    for i, a in enumerate(acts):
+        t0 = time.perf_counter()
+        payload = codec.pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
+                             **codec.variant_kwargs(variant, bits, own))
+        t1 = time.perf_counter()
+        decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
+        t2 = time.perf_counter()
+        m["bytes"].append(len(payload))
+        m["pack_s"].append(t1 - t0)
+        m["unpack_s"].append(t2 - t1)
+    exact = np.array_equal(decoded, acts)
+    m["exact"] = m["exact"] and exact
+    return acts if exact else decoded
+
+
+def _clearly_out(pred: list, screen: Screen) -> bool:
+    k = len(pred)
+    labels = None if screen.labels is None else screen.labels[:k]
+    return drop_interval(screen.float_pred[:k], np.array(pred), labels).lower_pp > screen.drop_pp
 
 
 def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
@@ -296,35 +347,52 @@ def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
 _COMPILED: list = []  # [(model, compiled fn)]: one model at a time, the profiler walks splits in order
 
 
-def classifier(bundle: Path, split, keras_tail, backend: str = "auto"):
-    """What classifies at `split`: its TFLite tail on LiteRT (several times faster on a CPU,
-    and what a CPU cloud serves) when the bundle has one and `backend` allows, else the Keras
-    tail."""
+def resolve_backend(manifest, backend: str = "auto") -> str:
+    """`litert` or `tf` for the whole bundle: `auto` is LiteRT when every split has a TFLite
+    tail (one backend for all, so that every tail_ms is on the same footing)."""
     if backend not in TAIL_BACKENDS:
         raise ValueError(f"Expected a tail backend in {TAIL_BACKENDS}. Received: {backend!r}")
-    if backend == "tf" or split.tail_tflite is None:
-        if backend == "litert":
-            raise BundleError(f"split {split.name!r} has no TFLite tail: reconvert the bundle "
-                              "(python -m converter) or pass --tail-backend tf")
-        return keras_tail
-    return LiteTail(bundle / split.tail_tflite)
+    missing = [s.name for s in manifest.splits if s.tail_signature is None]
+    if backend == "litert" and missing:
+        raise BundleError(f"split {missing[0]!r} has no TFLite tail: reconvert the bundle "
+                          "(python -m converter) or pass --tail-backend tf")
+    if backend == "auto":
+        return "tf" if missing else "litert"
+    return backend
+
+
+def classifier(bundle: Path, manifest, split, keras_tail: Callable[[Any], Any], backend: str):
+    """What classifies at `split` for a resolved backend (`resolve_backend`): its TFLite tail on
+    LiteRT (several times faster on a CPU, and what a CPU cloud serves), or its Keras tail
+    (`keras_tail(split)` loads it)."""
+    if backend == "tf":
+        return keras_tail(split)
+    return LiteTail(_tails_interpreter(bundle / manifest.tails_tflite), split.tail_signature)
+
+
+_TAILS_INTERPRETER: dict[str, Any] = {}  # one bundle's tails.tflite at a time
+
+
+def _tails_interpreter(path: Path):
+    key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
+    if key not in _TAILS_INTERPRETER:
+        _TAILS_INTERPRETER.clear()
+        _TAILS_INTERPRETER[key] = load_interpreter(path)[0]
+    return _TAILS_INTERPRETER[key]
 
 
 class LiteTail:
-    """A TFLite tail that answers top-1 classes, in batches of at most `batch` (one resize per
-    batch size: the profiler's batches repeat)."""
+    """One split's TFLite tail that answers top-1 classes, in batches of at most `batch`."""
 
     backend = "litert"
 
-    def __init__(self, path: Path, batch: int = 50):  # ProfileOptions.batch_size
-        self.interpreter, _ = load_interpreter(path)
+    def __init__(self, interpreter, signature: str, batch: int = 50):  # ProfileOptions.batch_size
+        self.runner = interpreter.get_signature_runner(signature)
         self.batch = batch
 
     def top1(self, x: np.ndarray) -> np.ndarray:
-        from splitinfer.litert import run_batch
-
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([np.argmax(run_batch(self.interpreter, x[i:i + self.batch]), axis=-1)
+        return np.concatenate([np.argmax(run_tail(self.runner, x[i:i + self.batch]), axis=-1)
                                for i in range(0, len(x), self.batch)])
 
 
@@ -344,7 +412,7 @@ def _accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float(np.mean(pred == labels))
 
 
-def _accuracy_fields(pred, float_pred, labels, float_top1, exact: bool = False) -> dict:
+def _accuracy_fields(pred, float_pred, labels, exact: bool = False) -> dict:
     """Top-1, agreement with the float model, and the drop with its bounds (paired against the
     float model on the same images; without labels, the disagreement with it).
 

@@ -70,7 +70,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
                   progress: bool = True) -> tuple[list[Verdict], dict]:
     """Replay the chosen configurations of BUNDLE/profile.json on `count` unseen images."""
     from converter.datasets import fresh_dataset
-    from converter.profile import classifier, measure_split, predict
+    from converter.profile import classifier, measure_split, predict, resolve_backend
     from splitinfer.litert import load_interpreter
     from splitinfer.bundle.calibration import load_calibration
     from splitinfer.bundle.manifest import load_manifest
@@ -85,8 +85,11 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     import_tensorflow()
     import keras
 
-    full = classifier(bundle, manifest.split("input"),
-                      keras.models.load_model(bundle / manifest.split("input").tail, compile=False))
+    def keras_tail(split):
+        return keras.models.load_model(bundle / split.tail, compile=False)
+
+    backend = resolve_backend(manifest)
+    full = classifier(bundle, manifest, manifest.split("input"), keras_tail, backend)
     float_pred = predict(full, dataset.images, 50)
     ranges = load_calibration(bundle, manifest)
     allocations = load_calibration(bundle, manifest, "allocated")
@@ -101,7 +104,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
         split = manifest.split(name)
         mine = [r for r in chosen if r["split"] == name]
         interp, _ = load_interpreter(bundle / split.head)
-        tail = classifier(bundle, split, keras.models.load_model(bundle / split.tail, compile=False))
+        tail = classifier(bundle, manifest, split, keras_tail, backend)
         variants = [(int(r["bits"]), config_variant(r)) for r in mine]
         measured = measure_split(manifest, split, interp, tail, ranges.get(name), dataset.images,
                                  variants, allocation=allocations.get(name))

@@ -66,7 +66,7 @@ def build_configs(profile: Profile, device: DeviceProfile, *, device_factor: flo
         raise ValueError(f"device_factor must be > 0, got {device_factor}")
 
     def cloud_tail(ms: float) -> float:
-        return ms if cloud is None else max(cloud.floor_ms, ms * cloud.factor)
+        return ms if cloud is None else max(cloud.floor_ms, ms * cloud.factor_for(profile.tail_backend))
 
     order = {s.name: s.index for s in manifest.splits} if manifest is not None else {}
     n_splits = (max(order.values()) + 1) if order else 1 + len({c.split for c in profile.configs})

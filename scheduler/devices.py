@@ -41,6 +41,11 @@ CPU (how `converter.profile` measures `tail_ms`):
     keras.applications.ResNet50(weights=None), batch 1, tf.function, 2 cores: 131 ms median
     keras.applications.MobileNetV2(weights=None), batch 1, tf.function:         40 ms median
 
+or, for bundles with TFLite tails, LiteRT on this CPU (the script above with ResNet50, 2
+threads, median of 50 runs, measured 2026-12-06; MobileNetV2 gave 3.68 ms in the same run):
+
+    keras.applications.ResNet50(weights=None), batch 1, LiteRT, num_threads=2:   38.3 ms median
+
 A factor is (published ms on that machine) / (this machine's ms for the same model), so a factor
 above 1 means slower than here. Factors are approximate by nature (clocks, thermal throttling,
 runtime versions); the scheduler corrects them online from observed latencies
@@ -54,6 +59,7 @@ from dataclasses import dataclass
 THIS_MACHINE_MOBILENET_V1_MS = 6.84   # LiteRT, float32, 224x224, num_threads=2
 THIS_MACHINE_MOBILENET_V2_MS = 5.18   # LiteRT, float32, 224x224, num_threads=2
 THIS_MACHINE_TF_RESNET50_MS = 131.0   # TensorFlow 2.21 CPU, batch 1
+THIS_MACHINE_LITERT_RESNET50_MS = 38.3  # LiteRT, float32, 224x224, num_threads=2, batch 1
 # Sustained LiteRT FLOP/s here, for bundles without a device profile: MobileNetV2 1.0 224x224 is
 # about 0.60 GFLOP (2 x 300 M multiply-accumulates, as converter/flops.py counts) in 5.18 ms.
 THIS_MACHINE_FLOPS_PER_S = 0.60e9 / (THIS_MACHINE_MOBILENET_V2_MS / 1e3)
@@ -71,13 +77,23 @@ class DeviceClass:
 
 @dataclass(frozen=True)
 class CloudClass:
-    """A cloud server running the tails: tail there = max(floor_ms, tail measured here * factor)."""
+    """A cloud server running the tails: tail there = max(floor_ms, tail measured here * factor).
+
+    `factor` is against tails measured here with TensorFlow; `litert_factor` against tails
+    measured here with LiteRT (what `converter.profile` uses when the bundle has TFLite tails):
+    the profile says which (`tail_backend`)."""
 
     name: str
     description: str
     factor: float
     floor_ms: float
     source: str
+    litert_factor: float | None = None
+
+    def factor_for(self, tail_backend: str) -> float:
+        if tail_backend == "litert" and self.litert_factor is not None:
+            return self.litert_factor
+        return self.factor
 
 
 # --- Edge devices -------------------------------------------------------------------------------
@@ -144,9 +160,12 @@ CLOUDS: dict[str, CloudClass] = {
             "gpu", "datacenter GPU class (NVIDIA A100, TensorRT FP16, batch 1)",
             A100_RESNET50_BATCH1_MS / THIS_MACHINE_TF_RESNET50_MS, 0.5,
             "NVIDIA DeepLearningExamples Triton ResNet-50 README: A100 80GB batch 1 avg "
-            f"{A100_RESNET50_BATCH1_MS} ms vs TensorFlow CPU {THIS_MACHINE_TF_RESNET50_MS} ms here"),
+            f"{A100_RESNET50_BATCH1_MS} ms vs TensorFlow CPU {THIS_MACHINE_TF_RESNET50_MS} ms "
+            f"(LiteRT {THIS_MACHINE_LITERT_RESNET50_MS} ms) here",
+            litert_factor=A100_RESNET50_BATCH1_MS / THIS_MACHINE_LITERT_RESNET50_MS),
         CloudClass(
-            "cpu", "a server like this machine's CPU running TensorFlow (no scaling)", 1.0, 0.0,
+            "cpu", "a server like this machine's CPU running the tails the profile timed "
+                   "(LiteRT when the bundle has TFLite tails; no scaling)", 1.0, 0.0,
             "identity"),
     )
 }

@@ -23,6 +23,10 @@ class RuntimeInfo:
     num_threads: int
 
 
+#: Names of the one input and one output of every signature in a bundle's tails.tflite.
+TAIL_INPUT, TAIL_OUTPUT = "x", "y"
+
+
 def default_num_threads() -> int:
     """All cores this process may use: LiteRT itself defaults to one thread."""
     try:
@@ -82,13 +86,8 @@ def run_once(interpreter: Any, x: Any) -> Any:
     return interpreter.get_tensor(out["index"])
 
 
-def run_batch(interpreter: Any, x: Any) -> Any:
-    """Run a batch through a model exported with a free batch dimension (the TFLite tails),
-    resizing the input first when the batch size changed. XNNPACK needs static shapes, and a
-    resize makes them static again: callers that pad to a few batch sizes (the cloud's buckets)
-    keep one interpreter per size and never pay for the re-allocation."""
-    inp = interpreter.get_input_details()[0]
-    if tuple(inp["shape"]) != tuple(x.shape):
-        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
-        interpreter.allocate_tensors()
-    return run_once(interpreter, x)
+def run_tail(runner: Any, x: Any) -> Any:
+    """Run a batch through one signature of a bundle's tails.tflite. The runner resizes its
+    input when the batch size changed (XNNPACK needs the shapes static, and a resize makes them
+    so); callers that pad to a few batch sizes keep one interpreter per size, so it never does."""
+    return runner(**{TAIL_INPUT: x})[TAIL_OUTPUT]

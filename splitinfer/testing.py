@@ -145,7 +145,7 @@ def make_certificates(folder: Path, name: str = "test") -> Certificates:
 
 def build_tiny_model(input_shape=(32, 32, 3), classes=10, seed=0):
     """Conv stem, a residual block, a depthwise block, a head: every kind of cut in 1 s."""
-    
+
     from splitinfer.quiet import import_tensorflow
 
     import_tensorflow()

@@ -8,12 +8,13 @@ from splitinfer.bundle.manifest import load_manifest
 
 def _spec(split: str, tflite: bool) -> TailSpec:
     return TailSpec(model="m", model_sha256="ab" * 32, split=split, path=f"/b/tails/{split}.keras",
-                    input_shape=(4,), tflite_path=f"/b/tails/{split}.tflite" if tflite else None)
+                    input_shape=(4,), tflite_path="/b/tails.tflite" if tflite else None,
+                    tflite_signature=split if tflite else None)
 
 
 def test_auto_picks_litert_on_a_cpu_and_tensorflow_on_a_gpu():
     both = [_spec("a", True), _spec("b", True)]
-    assert choose_backend("auto", both, gpu=False) == ("litert", "auto: no GPU, every tail has a TFLite file")
+    assert choose_backend("auto", both, gpu=False) == ("litert", "auto: no GPU, every tail has a TFLite form")
     assert choose_backend("auto", both, gpu=True)[0] == "tf"
     assert choose_backend("auto", [_spec("a", True), _spec("b", False)], gpu=False)[0] == "tf"
     assert choose_backend("tf", both) == ("tf", "asked for")
@@ -25,12 +26,26 @@ def test_auto_picks_litert_on_a_cpu_and_tensorflow_on_a_gpu():
         choose_backend("onnx", both)
 
 
-def test_the_converter_writes_verified_tflite_tails(tiny_bundle):
+def test_the_converter_writes_verified_tflite_tails_in_one_file(tiny_bundle):
+    """One tails.tflite, a signature per split, each checked against its Keras tail; the
+    tails share their weights there, so the file is smaller than the tails apart."""
+    from splitinfer.litert import load_interpreter
+
     manifest = load_manifest(tiny_bundle)
+    assert manifest.tails_tflite == "tails.tflite"
+    signatures = load_interpreter(tiny_bundle / manifest.tails_tflite)[0].get_signature_list()
     for s in manifest.splits:
-        assert s.tail_tflite == s.tail.replace(".keras", ".tflite")
-        assert (tiny_bundle / s.tail_tflite).stat().st_size > 0
+        assert s.tail_signature in signatures
+        assert manifest.tail_tflite(s) == "tails.tflite"
         assert 0 <= s.verify["tail_tflite_max_rel_err"] <= manifest.converter["rtol"]
+    keras_tails = sum((tiny_bundle / s.tail).stat().st_size for s in manifest.splits)
+    assert (tiny_bundle / manifest.tails_tflite).stat().st_size < keras_tails / 2
+
+
+def test_signature_keys_are_identifiers_and_unique():
+    from converter.build import _signature_keys
+
+    assert _signature_keys(["block_1", "a.b", "a-b", "input"]) == ["block_1", "a_b", "a_b_2", "input"]
 
 
 @pytest.mark.slow

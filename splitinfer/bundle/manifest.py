@@ -46,7 +46,7 @@ class Split:
     tail_flops: int
     verify: dict[str, float | str] = field(default_factory=dict)
     head_int8: str | None = None
-    tail_tflite: str | None = None  # the tail as float32 TFLite (batch free), when it converted
+    tail_signature: str | None = None  # its signature in the manifest's tails_tflite, when verified
 
     @property
     def is_input(self) -> bool:
@@ -62,6 +62,11 @@ class Manifest:
     skipped: tuple[dict[str, str], ...] = ()
     converter: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
+    tails_tflite: str | None = None  # every tail as float32 TFLite, one signature per split
+
+    def tail_tflite(self, split: Split) -> str | None:
+        """The file holding `split`'s TFLite tail, or None when it has none."""
+        return self.tails_tflite if split.tail_signature else None
 
     def split(self, name: str) -> Split:
         for s in self.splits:
@@ -112,7 +117,7 @@ class Manifest:
                     tail_flops=int(s["tail_flops"]),
                     verify=dict(s.get("verify", {})),
                     head_int8=s.get("head_int8"),
-                    tail_tflite=s.get("tail_tflite"),
+                    tail_signature=s.get("tail_signature"),
                 )
                 for s in d["splits"]
             )
@@ -123,6 +128,7 @@ class Manifest:
                 splits=splits,
                 skipped=tuple(d.get("skipped", ())),
                 converter=dict(d.get("converter", {})),
+                tails_tflite=d.get("tails_tflite"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"Malformed bundle manifest: {type(e).__name__}: {e}") from e
@@ -161,8 +167,8 @@ def bundle_files(manifest: Manifest) -> list[str]:
             paths.append(s.head)
         if s.head_int8:
             paths.append(s.head_int8)
-        if s.tail_tflite:
-            paths.append(s.tail_tflite)
+    if manifest.tails_tflite:
+        paths.append(manifest.tails_tflite)
     return paths
 
 

@@ -106,6 +106,7 @@ class Profile:
     images: int = 0  # how many evaluation images the figures come from
     drop_estimate: str = "point"  # which drop `drop_pp` holds (`DROP_ESTIMATES`)
     confidence: float | None = None  # level of each one-sided bound (None: no bounds, v1/v2)
+    tail_backend: str = "tf"  # what ran the tails whose batch-1 times are `tail_ms`
 
 
 def load_manifest_info(path: Path) -> ManifestInfo:
@@ -171,6 +172,7 @@ def parse_profile(data: dict[str, Any], path: Path | str = PROFILE_FILE,
         return Profile(float_top1=float(data.get("float_top1", 0.0)), jpeg=jpeg, tail_ms=tail_ms,
                        configs=configs, images=int(dataset.get("n", 0)),
                        drop_estimate=drop_estimate,
-                       confidence=float(data["confidence"]["level"]) if bounded else None)
+                       confidence=float(data["confidence"]["level"]) if bounded else None,
+                       tail_backend=str(data.get("tail_backend", "tf")))
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{path}: malformed profile ({e!r}); {fix}") from None

@@ -1,0 +1,196 @@
+"""TensorFlow vs LiteRT tails on a CPU cloud: serving, agreement, and the profiler's time.
+
+    python -m benchmarks.cloud_backends [--bundle build/fashion] [--seconds 5] [--clients 16]
+        [--agreement-images 300] [--profile-images 100] [--skip-profile] [--json PATH]
+
+In one run, on the same bundle:
+- serving: two real `python -m cloud_runtime` servers, `--tail-backend tf` and `litert`, up at
+  once and driven in turn (so drift in the machine's load hits both) at an early, the middle and
+  the late split: requests/s and p99 at `--clients` keep-alive clients;
+- agreement: both backends' tails, as the cloud runs them (`cloud_runtime`'s backend classes,
+  bucketed batches), on the real heads' activations of test scenes: top-1 agreement and the
+  largest logit difference per split;
+- profiler: `python -m converter.profile` on a copy of the bundle with each backend.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import _common as common
+from benchmarks.cloud_load import drive, make_payloads
+from splitinfer.bundle.manifest import BundleError, load_manifest
+from splitinfer.testing import CloudProcess
+
+DEFAULT_OUT = common.RESULTS / "cloud_backends.json"
+BACKENDS = ("tf", "litert")
+READY_TIMEOUT_S = 240
+AGREEMENT_BATCH = 16  # one of the cloud's bucket sizes
+
+
+def chosen_splits(manifest) -> dict[str, str]:
+    """An early, the middle and the late split (the cloud-only `input` is not a split here)."""
+    names = [s.name for s in manifest.splits if s.head is not None]
+    middle = manifest.splits[len(manifest.splits) // 2].name  # benchmarks.cloud_load's default
+    return {"early": names[0], "middle": middle, "late": names[-1]}
+
+
+def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, logs: Path) -> list[dict]:
+    payloads = {name: make_payloads(bundle, name, 8) for name in splits.values()}
+    servers: dict[str, CloudProcess] = {}
+    rows = []
+    try:
+        for backend in BACKENDS:
+            servers[backend] = CloudProcess(bundle, logs / f"{backend}.log", ["--tail-backend", backend])
+            servers[backend].start(READY_TIMEOUT_S)
+        for where, name in splits.items():
+            for backend, server in servers.items():
+                drive(server.url, payloads[name], clients, min(2.0, seconds))  # warm every bucket
+                run = drive(server.url, payloads[name], clients, seconds)
+                rows.append({"backend": backend, "split": name, "where": where, "req_s": run["rps"],
+                             "p99_ms": run["p99_ms"], "p50_ms": run["p50_ms"],
+                             "batch_size_mean": run["batch_size_mean"],
+                             "tail_ms_per_request": run["tail_ms_per_request"], "errors": run["errors"]})
+                print(f"  {backend:6s} {where:6s} {name:26s} {run['rps']:7.1f} req/s, p99 {run['p99_ms']:.1f} ms",
+                      flush=True)
+    finally:
+        for server in servers.values():
+            server.stop()
+    return rows
+
+
+def agreement(bundle: Path, images: int) -> dict[str, dict]:
+    """Per split: top-1 agreement of the LiteRT tail with the TensorFlow tail, and the largest
+    logit difference, on the heads' activations of the first `images` test scenes."""
+    from cloud_runtime.litert_backend import LiteRTTailBackend
+    from cloud_runtime.registry import ModelRegistry
+    from cloud_runtime.tf_backend import KerasTailBackend
+    from converter.datasets import load_dataset
+    from splitinfer.litert import load_interpreter, run_once
+
+    manifest = load_manifest(bundle)
+    data = load_dataset(manifest, None, limit=images, calibration=1).images
+    registry = ModelRegistry.from_bundles([str(bundle)])
+    lite, tf_backend = LiteRTTailBackend(), KerasTailBackend()
+    lite.start()
+    tf_backend.start()
+    out = {}
+    for tail in registry.tails():
+        split = manifest.split(tail.split)
+        if split.head is None:
+            acts = data
+        else:
+            head, _ = load_interpreter(bundle / split.head)
+            acts = np.concatenate([run_once(head, x[None]) for x in data])
+        lite.load(tail)
+        tf_backend.load(tail)
+        a = np.concatenate([lite.run(tail, acts[i:i + AGREEMENT_BATCH]) for i in range(0, len(acts), AGREEMENT_BATCH)])
+        b = np.concatenate([tf_backend.run(tail, acts[i:i + AGREEMENT_BATCH])
+                            for i in range(0, len(acts), AGREEMENT_BATCH)])
+        out[tail.split] = {"agreement": float(np.mean(a.argmax(-1) == b.argmax(-1))),
+                           "max_logit_diff": float(np.max(np.abs(a - b))), "images": len(acts)}
+    return out
+
+
+def profile_time(bundle: Path, images: int, logs: Path) -> list[dict]:
+    """Seconds for `python -m converter.profile` on a copy of the bundle, per backend."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="profile-copy-") as tmp:
+        copy = Path(tmp) / bundle.name
+        shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("profile.json", "calibration.json", "*.png"))
+        for backend in ("litert", "tf"):
+            t0 = time.perf_counter()
+            with open(logs / f"profile-{backend}.log", "w") as log:
+                rc = subprocess.run([sys.executable, "-m", "converter.profile", str(copy), "--limit", str(images),
+                                     "--tail-backend", backend, "--no-progress"],
+                                    stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT).returncode
+            seconds = time.perf_counter() - t0
+            if rc != 0:
+                raise RuntimeError(f"converter.profile --tail-backend {backend} exited {rc}; see {log.name}")
+            rows.append({"backend": backend, "seconds": round(seconds, 1), "images": images})
+            print(f"  profile {backend:6s} {images} images: {seconds:.1f} s", flush=True)
+    return rows
+
+
+def bundle_sizes(bundle: Path, manifest) -> dict[str, int]:
+    def size(paths):
+        return sum((bundle / p).stat().st_size for p in paths)
+
+    return {"heads": size(s.head for s in manifest.splits if s.head),
+            "keras_tails": size(s.tail for s in manifest.splits),
+            "tails_tflite": size([manifest.tails_tflite]) if manifest.tails_tflite else 0,
+            "full_tflite": size([manifest.full]),
+            "total": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cloud_backends", description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", type=Path, default=common.DEFAULT_BUNDLE)
+    p.add_argument("--seconds", type=float, default=5.0, help="per backend and split")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--agreement-images", type=int, default=300)
+    p.add_argument("--profile-images", type=int, default=100)
+    p.add_argument("--skip-profile", action="store_true")
+    p.add_argument("--json", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    try:
+        manifest = load_manifest(args.bundle)
+    except BundleError as e:
+        return common.fail(f"{str(e).splitlines()[0]} (build it with: {common.BUILD_HINT})")
+    if not manifest.tails_tflite:
+        return common.fail(f"{args.bundle} has no TFLite tails: reconvert it with python -m converter")
+    logs = args.json.parent / "cloud_backends_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    splits = chosen_splits(manifest)
+    report: dict = {"bundle": str(args.bundle), "model": manifest.model.name, "clients": args.clients,
+                    "seconds_per_run": args.seconds, "splits": splits, "loadavg_at_start": list(os.getloadavg()),
+                    "bundle_bytes": bundle_sizes(args.bundle, manifest)}
+    print(f"serving, {args.clients} clients, {args.seconds:g} s per run")
+    report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs)
+    print(f"agreement on {args.agreement_images} test scenes")
+    agree = agreement(args.bundle, args.agreement_images)
+    report["agreement"] = {k: v["agreement"] for k, v in agree.items()}
+    report["max_logit_diff"] = {k: v["max_logit_diff"] for k, v in agree.items()}
+    if not args.skip_profile:
+        report["profile"] = profile_time(args.bundle, args.profile_images, logs)
+
+    def rps(backend, split):
+        return next(r["req_s"] for r in report["serving"] if r["backend"] == backend and r["split"] == split)
+
+    report["req_s_ratio_litert_over_tf"] = {w: common.ratio(rps("litert", n), rps("tf", n)) for w, n in splits.items()}
+    secs = {r["backend"]: r["seconds"] for r in report.get("profile", [])}
+    speedup = common.ratio(secs.get("tf"), secs.get("litert"))
+    report["goals"] = [
+        common.goal("LiteRT/TF req/s, middle split", report["req_s_ratio_litert_over_tf"]["middle"], ">=", 3, "x"),
+        common.goal("profiler speed-up LiteRT/TF", speedup, ">=", 3, "x"),
+        common.goal("worst top-1 agreement", min(report["agreement"].values()), ">=", 0.995),
+    ]
+    common.print_table(f"Serving ({args.clients} clients; device /CPU:0)",
+                       ["backend", "where", "split", "req/s", "p99 ms", "batch", "tail ms/req"],
+                       [[r["backend"], r["where"], r["split"], r["req_s"], r["p99_ms"], r["batch_size_mean"],
+                         r["tail_ms_per_request"]] for r in report["serving"]])
+    common.print_table(f"Agreement, LiteRT vs TensorFlow tails ({args.agreement_images} test scenes)",
+                       ["split", "top-1 agreement", "max logit diff"],
+                       [[k, v["agreement"], f"{v['max_logit_diff']:.2e}"] for k, v in agree.items()], digits=4)
+    if report.get("profile"):
+        common.print_table("Profiler", ["backend", "images", "seconds"],
+                           [[r["backend"], r["images"], r["seconds"]] for r in report["profile"]])
+    sizes = report["bundle_bytes"]
+    print(f"\nbundle {sizes['total'] / 1e6:.1f} MB: heads {sizes['heads'] / 1e6:.1f}, Keras tails "
+          f"{sizes['keras_tails'] / 1e6:.1f}, tails.tflite {sizes['tails_tflite'] / 1e6:.1f}, "
+          f"full.tflite {sizes['full_tflite'] / 1e6:.1f}")
+    common.print_goals(report["goals"])
+    print(f"wrote {common.write_results(args.json, report)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
