@@ -129,9 +129,10 @@ def choose_bundle(args) -> None:
 
 
 def bundle_is_ready(bundle: Path, fingerprint: str, min_images: int) -> bool:
-    """Converted from `fingerprint`, profiled on at least `min_images` images, device-profiled."""
+    """Converted from `fingerprint` with TFLite tails, profiled on at least `min_images` images,
+    device-profiled."""
     stamp = bundle / SOURCE_STAMP
-    if not stamp.is_file() or stamp.read_text().strip() != fingerprint:
+    if not stamp.is_file() or stamp.read_text().strip() != fingerprint or not _has_tflite_tails(bundle):
         return False
     return profiled_images(bundle) >= min_images and (bundle / "device-this-machine.json").exists()
 
@@ -154,8 +155,11 @@ def ensure_bundle(args, profile_limit: int) -> None:
     stamp = b / SOURCE_STAMP
     want = source_fingerprint(args.source)
     have = stamp.read_text().strip() if stamp.is_file() else None
-    if not (b / "manifest.json").exists() or have != want:
-        if (b / "manifest.json").exists():
+    stale = (b / "manifest.json").exists() and not _has_tflite_tails(b)
+    if not (b / "manifest.json").exists() or have != want or stale:
+        if stale and have == want:
+            print(f"demo: {b} predates TFLite tails (the CPU cloud's fast backend); converting again")
+        elif (b / "manifest.json").exists():
             print(f"demo: {b} is not from {want} ({have or 'unknown source'}); converting again")
         print(f"demo: converting {args.source} -> {b}")
         _step([py, "-m", "converter", args.source, "--out", str(b), "--max-splits", str(args.max_splits)])
@@ -175,6 +179,13 @@ def ensure_bundle(args, profile_limit: int) -> None:
         _step(cmd)
     if not (b / "device-this-machine.json").exists():
         _step([py, "-m", "edge_runtime.profile", str(b)])
+
+
+def _has_tflite_tails(bundle: Path) -> bool:
+    try:
+        return bool(json.loads((bundle / "manifest.json").read_text()).get("tails_tflite"))
+    except (OSError, ValueError):
+        return False
 
 
 def load_trace(spec: str | None):

@@ -21,9 +21,10 @@ def _profile(images: int) -> dict:
             "jpeg": {"bytes_mean": 5000.0}, "configs": []}
 
 
-def make_bundle(path, fingerprint="zoo:fashion weights abc", images=300, device=True):
+def make_bundle(path, fingerprint="zoo:fashion weights abc", images=300, device=True, tails=True):
     path.mkdir(parents=True)
     (path / demo.SOURCE_STAMP).write_text(fingerprint + "\n")
+    (path / "manifest.json").write_text(json.dumps({"tails_tflite": "tails.tflite"} if tails else {}))
     (path / "profile.json").write_text(json.dumps(_profile(images)))
     if device:
         (path / "device-this-machine.json").write_text("{}")
@@ -53,12 +54,12 @@ def test_fast_on_a_given_bundle_is_content_with_a_fast_profile(bundles, tmp_path
     assert chosen(["--bundle", str(mine)]) == (mine, demo.FULL_SPLITS, demo.FULL_PROFILE_IMAGES)
 
 
-@pytest.mark.parametrize("kind", ["stale", "thin", "no_device_profile"])
+@pytest.mark.parametrize("kind", ["stale", "thin", "no_device_profile", "no_tflite_tails"])
 def test_fast_does_not_reuse_a_full_bundle_that_is_not_ready(bundles, kind):
     full, fast = bundles
     make_bundle(full, fingerprint="zoo:fashion weights old" if kind == "stale" else
                 "zoo:fashion weights abc", images=100 if kind == "thin" else 300,
-                device=kind != "no_device_profile")
+                device=kind != "no_device_profile", tails=kind != "no_tflite_tails")
     assert chosen(["--fast"])[0] == fast
 
 

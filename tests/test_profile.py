@@ -106,3 +106,20 @@ def test_the_python_api_profiles_and_returns_the_typed_profile(tiny_bundle, tmp_
     assert {c.bits for c in prof.configs} == {4, 32} and all(c.variant for c in prof.configs)
     assert prof == si.bundle.profile.load_profile(bundle / "profile.json")  # what was written
     assert not (bundle / "pareto.png").exists()  # plotting only when asked
+
+
+def test_a_variant_is_screened_out_only_when_clearly_over_the_screen():
+    import numpy as np
+
+    from converter.profile import Screen, _clearly_out
+
+    labels = np.zeros(200, dtype=int)
+    float_pred = labels.copy()  # the float model is right on every image
+    screen = Screen(float_pred, labels, after=100, drop_pp=5.0)
+    wrong_20 = [0] * 80 + [1] * 20  # 20 pp worse on 100 images: out
+    wrong_4 = [0] * 96 + [1] * 4  # 4 pp: its lower bound is below 5 pp, so it stays
+    assert _clearly_out(wrong_20, screen)
+    assert not _clearly_out(wrong_4, screen)
+    assert not _clearly_out([0] * 100, screen)
+    unlabelled = Screen(float_pred, None, after=100, drop_pp=5.0)  # disagreement with the float model
+    assert _clearly_out(wrong_20, unlabelled) and not _clearly_out(wrong_4, unlabelled)

@@ -79,3 +79,21 @@ def test_litert_and_keras_backends_agree_on_every_tail(tiny_bundle):
             assert np.array_equal(a.argmax(-1), b.argmax(-1)), tail.split
             assert np.max(np.abs(a - b)) <= 1e-3 * max(1.0, float(np.max(np.abs(b))))
     assert lite.device == "/CPU:0" and lite.device_info()["delegate"] == "XNNPACK"
+
+
+def test_the_profiler_uses_one_backend_for_the_whole_bundle(tiny_bundle):
+    import dataclasses
+
+    from converter.profile import resolve_backend
+    from splitinfer.errors import BundleError
+
+    manifest = load_manifest(tiny_bundle)
+    assert resolve_backend(manifest) == "litert"
+    assert resolve_backend(manifest, "tf") == "tf"
+    one_missing = dataclasses.replace(manifest, splits=(dataclasses.replace(manifest.splits[0], tail_signature=None),
+                                                        *manifest.splits[1:]))
+    assert resolve_backend(one_missing) == "tf"  # every tail_ms on the same footing
+    with pytest.raises(BundleError, match="has no TFLite tail"):
+        resolve_backend(one_missing, "litert")
+    with pytest.raises(ValueError, match="Expected a tail backend"):
+        resolve_backend(manifest, "onnx")
