@@ -306,15 +306,18 @@ def test_tampered_bundle_through_the_real_clis(profiled_bundle, tmp_path):  # no
     assert r.returncode == 2 and "version 2" in one_error_line(r.stderr)
 
 
-def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("backend, corrupt", [("tf", "tails/pw.keras"), ("litert", "tails.tflite")])
+def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle, tmp_path,  # noqa: F811
+                                                                backend, corrupt):
     import time
 
     import requests
 
     bundle = tmp_path / "b"
     shutil.copytree(profiled_bundle[0], bundle)
-    (bundle / "tails" / "pw.keras").write_bytes(b"PK\x03\x04" + bytes(500))
-    cloud = CloudProcess(bundle, tmp_path / "cloud.log")
+    (bundle / corrupt).write_bytes(b"PK\x03\x04" + bytes(500))
+    name = corrupt.rsplit("/", 1)[-1]
+    cloud = CloudProcess(bundle, tmp_path / "cloud.log", ["--tail-backend", backend])
     cloud.launch()  # the manifest is fine, so it starts; loading the tails fails in the worker
     try:
         deadline, ready = time.monotonic() + 90, None
@@ -327,7 +330,7 @@ def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle,
                 pass
             time.sleep(0.2)
         assert ready is not None and ready.status_code == 503, cloud.log_text()[-2000:]
-        assert ready.headers["Retry-After"] and "pw.keras" in ready.json()["start_error"]
+        assert ready.headers["Retry-After"] and name in ready.json()["start_error"]
         from splitinfer.bundle.manifest import load_manifest
         from splitinfer.codec import pack
 
@@ -336,7 +339,7 @@ def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle,
         payload = pack(np.zeros(split.shape, np.float32), 8, model_sha256=m.model.sha256,
                        split=split.name, split_index=split.index)
         r = requests.post(f"{cloud.url}/v1/infer", data=payload, timeout=5)
-        assert r.status_code == 503 and r.json()["code"] == "not_ready" and "pw.keras" in r.json()["error"]
+        assert r.status_code == 503 and r.json()["code"] == "not_ready" and name in r.json()["error"]
         assert requests.get(f"{cloud.url}/healthz", timeout=5).status_code == 200
         assert cloud.alive()
     finally:
