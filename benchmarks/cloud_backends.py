@@ -1,7 +1,7 @@
 """TensorFlow vs LiteRT tails on a CPU cloud: serving, agreement, and the profiler's time.
 
-    python -m benchmarks.cloud_backends [--bundle build/fashion] [--seconds 5] [--clients 16]
-        [--agreement-images 300] [--profile-images 100] [--skip-profile] [--json PATH]
+    python -m benchmarks.cloud_backends [--bundle build/fashion] [--data DIR] [--seconds 5]
+        [--clients 16] [--agreement-images 300] [--profile-images 100] [--skip-profile] [--json PATH]
 
 In one run, on the same bundle:
 - serving: two real `python -m cloud_runtime` servers, `--tail-backend tf` and `litert`, up at
@@ -9,7 +9,7 @@ In one run, on the same bundle:
   the late split: requests/s and p99 at `--clients` keep-alive clients;
 - agreement: both backends' tails, as the cloud runs them (`cloud_runtime`'s backend classes,
   bucketed batches), on the real heads' activations of test scenes: top-1 agreement and the
-  largest logit difference per split;
+  largest logit difference per split (test scenes for the default model, else `--data`);
 - profiler: `python -m converter.profile` on a copy of the bundle with each backend.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, 
     return rows
 
 
-def agreement(bundle: Path, images: int) -> dict[str, dict]:
+def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, dict]:
     """Per split: top-1 agreement of the LiteRT tail with the TensorFlow tail, and the largest
     logit difference, on the heads' activations of the first `images` test scenes."""
     from cloud_runtime.litert_backend import LiteRTTailBackend
@@ -77,7 +77,7 @@ def agreement(bundle: Path, images: int) -> dict[str, dict]:
     from splitinfer.litert import load_interpreter, run_once
 
     manifest = load_manifest(bundle)
-    data = load_dataset(manifest, None, limit=images, calibration=1).images
+    data = load_dataset(manifest, data, limit=images, calibration=1).images
     registry = ModelRegistry.from_bundles([str(bundle)])
     lite, tf_backend = LiteRTTailBackend(), KerasTailBackend()
     lite.start()
@@ -100,7 +100,7 @@ def agreement(bundle: Path, images: int) -> dict[str, dict]:
     return out
 
 
-def profile_time(bundle: Path, images: int, logs: Path) -> list[dict]:
+def profile_time(bundle: Path, images: int, logs: Path, data: Path | None = None) -> list[dict]:
     """Seconds for `python -m converter.profile` on a copy of the bundle, per backend."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="profile-copy-") as tmp:
@@ -109,8 +109,9 @@ def profile_time(bundle: Path, images: int, logs: Path) -> list[dict]:
         for backend in ("litert", "tf"):
             t0 = time.perf_counter()
             with open(logs / f"profile-{backend}.log", "w") as log:
+                extra = ["--data", str(data)] if data else []
                 rc = subprocess.run([sys.executable, "-m", "converter.profile", str(copy), "--limit", str(images),
-                                     "--tail-backend", backend, "--no-progress"],
+                                     "--tail-backend", backend, "--no-progress", *extra],
                                     stdout=log, stderr=subprocess.STDOUT, cwd=common.ROOT).returncode
             seconds = time.perf_counter() - t0
             if rc != 0:
@@ -134,6 +135,7 @@ def bundle_sizes(bundle: Path, manifest) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cloud_backends", description=__doc__.split("\n")[0])
     p.add_argument("--bundle", type=Path, default=common.DEFAULT_BUNDLE)
+    p.add_argument("--data", type=Path, help="folder of images (labels.csv) for a model other than the default")
     p.add_argument("--seconds", type=float, default=5.0, help="per backend and split")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--agreement-images", type=int, default=300)
@@ -156,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"serving, {args.clients} clients, {args.seconds:g} s per run")
     report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs)
     print(f"agreement on {args.agreement_images} test scenes")
-    agree = agreement(args.bundle, args.agreement_images)
+    try:
+        agree = agreement(args.bundle, args.agreement_images, args.data)
+    except (BundleError, ValueError, OSError) as e:
+        return common.fail(str(e).splitlines()[0])
     report["agreement"] = {k: v["agreement"] for k, v in agree.items()}
     report["max_logit_diff"] = {k: v["max_logit_diff"] for k, v in agree.items()}
     if not args.skip_profile:
-        report["profile"] = profile_time(args.bundle, args.profile_images, logs)
+        report["profile"] = profile_time(args.bundle, args.profile_images, logs, args.data)
 
     def rps(backend, split):
         return next(r["req_s"] for r in report["serving"] if r["backend"] == backend and r["split"] == split)

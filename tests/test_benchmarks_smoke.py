@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import edge_switch, packing
+from benchmarks import cloud_backends, edge_switch, packing
 
 
 
@@ -110,3 +110,24 @@ def test_up_to_pools_a_second_bundle_of_the_same_model_only(tmp_path):
     assert other == [] and "another model" in note
     missing, note = packing.extra_configs(tmp_path / "nothing", "ab" * 32)
     assert missing == [] and "--build-sparse" in note
+
+
+@pytest.mark.slow
+def test_cloud_backends_benchmark_quick(profiled_bundle, tmp_path):
+    """Both real servers, the agreement of the two backends and the profiler with each."""
+    bundle, images = profiled_bundle
+    out = tmp_path / "cloud_backends.json"
+    before = (bundle / "profile.json").read_bytes()
+    assert cloud_backends.main(["--bundle", str(bundle), "--data", str(images), "--seconds", "0.3",
+                                "--clients", "2", "--agreement-images", "8", "--profile-images", "8",
+                                "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert {(row["backend"], row["where"]) for row in r["serving"]} == {
+        (b, w) for b in ("tf", "litert") for w in ("early", "middle", "late")}
+    assert all(row["req_s"] > 0 and row["errors"] == 0 for row in r["serving"])
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(r["agreement"]) == {s["name"] for s in manifest["splits"]}
+    assert min(r["agreement"].values()) >= 0.875 and max(r["max_logit_diff"].values()) < 1e-3
+    assert [p["backend"] for p in r["profile"]] == ["litert", "tf"] and all(p["seconds"] > 0 for p in r["profile"])
+    assert r["bundle_bytes"]["tails_tflite"] > 0
+    assert (bundle / "profile.json").read_bytes() == before  # profiled a copy, not the user's bundle
