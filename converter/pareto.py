@@ -6,6 +6,9 @@ from typing import Sequence
 
 from splitinfer.bundle.profile import config_variant
 
+#: Above this many splits a legend entry each would cover the plot: a colour bar names them.
+LEGEND_SPLITS = 14
+
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of points not dominated in (bytes, drop): fewer bytes and no more drop is better."""
@@ -35,7 +38,8 @@ def plot_pareto(profile: dict, path: Path, title: str = "accuracy vs bytes") -> 
     for k, split in enumerate(splits):
         rows = [c for c in configs if c["split"] == split]
         x, y = [r["bytes_mean"] for r in rows], [r["drop_pp"] for r in rows]
-        ax.plot(x, y, "o-", ms=4, lw=0.8, color=cmap(k), label=split, alpha=0.85)
+        ax.plot(x, y, "o-", ms=4, lw=0.8, color=cmap(k), alpha=0.85,
+                label=split if len(splits) <= LEGEND_SPLITS else None)
         if bounded:
             ax.errorbar(x, y, yerr=[[r["drop_pp"] - r["drop_lower_pp"] for r in rows],
                                     [r["drop_upper_pp"] - r["drop_pp"] for r in rows]],
@@ -67,6 +71,15 @@ def plot_pareto(profile: dict, path: Path, title: str = "accuracy vs bytes") -> 
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, ncol=2, loc="upper right")
+    if len(splits) > LEGEND_SPLITS:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        bar = fig.colorbar(ScalarMappable(cmap=cmap, norm=Normalize(0, len(splits) - 1)), ax=ax, pad=0.01)
+        ticks = sorted({0, len(splits) // 4, len(splits) // 2, 3 * len(splits) // 4, len(splits) - 1})
+        bar.set_ticks(ticks)
+        bar.set_ticklabels([splits[t] for t in ticks], fontsize=7)
+        bar.set_label(f"split ({len(splits)}, input to output)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
