@@ -349,7 +349,7 @@ def resolve_backend(manifest, backend: str = "auto") -> str:
     tail (one backend for all, so that every tail_ms is on the same footing)."""
     if backend not in TAIL_BACKENDS:
         raise ValueError(f"Expected a tail backend in {TAIL_BACKENDS}. Received: {backend!r}")
-    missing = [s.name for s in manifest.splits if s.tail_signature is None]
+    missing = manifest.splits_without_tflite_tail
     if backend == "litert" and missing:
         raise BundleError(f"split {missing[0]!r} has no TFLite tail: reconvert the bundle "
                           "(python -m converter) or pass --tail-backend tf")

@@ -82,10 +82,10 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     rows = [r for r in profile["configs"] if r["split"] != "input"]
     chosen = split_fronts(rows) if which == "front" else rows
     dataset = fresh_dataset(manifest, profile.get("dataset") or {}, data, count)
-    import_tensorflow()
-    import keras
+    def keras_tail(split):  # TensorFlow only when a split is classified by its Keras tail
+        import_tensorflow()
+        import keras
 
-    def keras_tail(split):
         return keras.models.load_model(bundle / split.tail, compile=False)
 
     backend = resolve_backend(manifest)

@@ -64,9 +64,10 @@ class Manifest:
     version: int = MANIFEST_VERSION
     tails_tflite: str | None = None  # every tail as float32 TFLite, one signature per split
 
-    def tail_tflite(self, split: Split) -> str | None:
-        """The file holding `split`'s TFLite tail, or None when it has none."""
-        return self.tails_tflite if split.tail_signature else None
+    @property
+    def splits_without_tflite_tail(self) -> list[str]:
+        """Splits that serve only through TensorFlow (every one, without tails_tflite)."""
+        return [s.name for s in self.splits if not (self.tails_tflite and s.tail_signature)]
 
     def split(self, name: str) -> Split:
         for s in self.splits:
