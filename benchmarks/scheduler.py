@@ -183,7 +183,7 @@ def fmt(x: float | None, pct: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=ROOT / "build" / "fashion")
-    ap.add_argument("--devices", nargs="+", default=["phone", "rpi5", "rpi4"])
+    ap.add_argument("--devices", nargs="+", default=["phone-high", "rpi5", "rpi4"])
     ap.add_argument("--cloud", default=devices.DEFAULT_CLOUD)
     ap.add_argument("--duration-s", type=float, default=200.0,
                     help="trace time simulated per run (from the start of each trace)")
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     cells, t0 = [], time.perf_counter()
     for dev_name in args.devices:
         dev = devices.device_class(dev_name)
-        table = bundle.table(dev.factor, cloud)
+        table = bundle.table(bundle.device_factor(dev), cloud)
         for tr in trs:
             cell = run_cell(table, tr, params)
             cell["device"] = dev_name
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     pick = next((t for t in trs if t.name == args.timeline_trace), trs[0])
     dev = devices.device_class(args.devices[-1])
     png = RESULTS / "scheduler_timeline.png"
-    plot_timeline(bundle.table(dev.factor, cloud), pick,
+    plot_timeline(bundle.table(bundle.device_factor(dev), cloud), pick,
                   SimParams(frames=10 ** 7, duration_s=min(args.duration_s, pick.duration_s)),
                   png, f"dyno on {pick.name}, {dev.name}, objective max throughput, drop <= "
                        f"{MAX_DROP_PP} pp{' (TEST FIXTURES)' if fallback else ''}")

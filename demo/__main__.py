@@ -313,7 +313,8 @@ def simulate(args, trace, policy: str, duration: float) -> dict:
 
     bundle = load_bundle(args.bundle)
     # The live cloud is this machine's CPU, so the simulator is told so.
-    table = bundle.table(devices.device_class(args.device).factor, devices.cloud_class("cpu"))
+    table = bundle.table(bundle.device_factor(devices.device_class(args.device)),
+                         devices.cloud_class("cpu"))
     sim_policy = {"auto": "dyno", "device": "device", "cloud": "cloud"}[policy]
     params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4)
     res = run_sim(table, trace, sim_policy, Objective.single("throughput"), Slo(max_drop_pp=1.0), params,

@@ -22,10 +22,11 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
                     ) -> tuple[Scheduler, float, dict[str, float]]:
     """The scheduler for `config` (an EdgeConfig), the device slow-down factor it assumes, and
     the emulated board's time per head (`board_head_ms`)."""
-    factor = devices.device_class(config.device_class).factor if config.device_class else 1.0
+    board_class = devices.device_class(config.device_class or "this-machine")
     if config.policy == "device" and not (Path(bundle) / PROFILE_FILE).is_file():
-        return _device_only(Path(bundle), config, factor), factor, {}  # unprofiled: still runs
+        return _device_only(Path(bundle), config, board_class)  # unprofiled: still runs
     b = load_bundle(bundle, drop_estimate=config.drop_estimate)
+    factor = b.device_factor(board_class)
     board = board_head_ms(b, factor)
     table = b.table(factor, None)  # the real cloud is measured online, not a class
     excluded = set(exclude)
@@ -55,18 +56,21 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
     return PinnedScheduler(inner, pinned, config.policy), factor, board
 
 
-def _device_only(bundle: Path, config: Any, factor: float) -> Scheduler:
+def _device_only(bundle: Path, config: Any, board_class: devices.DeviceClass
+                 ) -> tuple[Scheduler, float, dict[str, float]]:
     """Device-only needs no offline profile: a one-configuration table, timed by the device
     profile when there is one, else estimated from the manifest's FLOPs."""
     device_file = bundle / "device-this-machine.json"
     device = (load_device_profile(device_file) if device_file.is_file() else
               device_profile_from_flops(load_manifest_info(bundle / MANIFEST_FILE),
                                         devices.THIS_MACHINE_FLOPS_PER_S))
+    factor = board_class.factor(device.host_reference_ms)
     only = Config(split=FULL, bits=None, where=Where.DEVICE, head_ms=device.full_ms * factor,
                   pack_ms=0.0, bytes=0.0, unpack_ms=0.0, tail_ms=0.0, drop_pp=0.0)
-    return Scheduler(ConfigTable.build([only]), Objective.parse(config.objective),
-                     Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp),
-                     SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False))
+    scheduler = Scheduler(ConfigTable.build([only]), Objective.parse(config.objective),
+                          Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp),
+                          SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False))
+    return scheduler, factor, {}
 
 
 def board_head_ms(b: Bundle, factor: float) -> dict[str, float]:

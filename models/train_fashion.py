@@ -11,6 +11,7 @@ Why it looks like this:
 - Scenes are generated on the fly (new scene parameters every pass), so no augmentation is needed.
 
 Usage: python -m models.train_fashion [--budget-min 58] [--seed 0] [--out models/]
+       python -m models.train_fashion --arch inception_v3 --name fashion-inception --batch 32 ...
 """
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ N_TRAIN = scenes.SPLITS["train"][2]
 class TrainConfig:
     """Everything that defines a run; stored verbatim in the metadata."""
 
+    arch: str = "mobilenet_v2"     # one of fashion.ARCHITECTURES
+    name: str = "fashion"          # zoo name; files are <name with _>.json and .weights.h5/.weights16.npz
+    float16: bool = False          # store weights in float16 (.weights16.npz): heavy models only
     alpha: float = 0.75
     seed: int = 0
     scene_seed: int = scenes.DEFAULT_SEED
@@ -168,7 +172,7 @@ def make_callbacks(cfg: TrainConfig, model, t0: float, phase_end: float, res: in
 def export(state: dict) -> None:
     """Write the best weights so far, without optimizer state (3x smaller), to the ship path."""
     state["export"].set_weights(state["best"])
-    state["export"].save_weights(state["ckpt"])
+    fashion.save_weights(state["export"], Path(state["ckpt"]))
 
 
 def file_sha256(path: Path) -> str:
@@ -188,19 +192,24 @@ def train(cfg: TrainConfig, command: str) -> dict:
         log_lines.append(msg)
 
     keras.utils.set_random_seed(cfg.seed)
-    model = fashion.build_model(alpha=cfg.alpha, size=None)
+    stem = cfg.name.replace("-", "_")
+
+    def build(size: int | None = scenes.SIZE):
+        return fashion.build_model(alpha=cfg.alpha, size=size, arch=cfg.arch, name=cfg.name)
+
+    model = build(size=None)
     previous = None
     if cfg.init:
-        model.load_weights(cfg.init)
-        prev_meta = Path(cfg.init).with_name("fashion.json")
+        fashion.load_weights(model, Path(cfg.init))
+        prev_meta = Path(cfg.init).with_name(f"{stem}.json")
         if prev_meta.is_file():
             previous = {k: v for k, v in json.loads(prev_meta.read_text()).items() if k != "log"}
     model.compile(
         optimizer=keras.optimizers.AdamW(cfg.peak_lr, weight_decay=cfg.weight_decay),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"], jit_compile=False)  # XLA on CPU is ~10x slower for this net
-    ckpt = out / "fashion.weights.h5"
-    shipped = fashion.build_model(alpha=cfg.alpha)  # fixed 160 input, uncompiled: what ships
+    ckpt = out / (f"{stem}.weights16.npz" if cfg.float16 else f"{stem}.weights.h5")
+    shipped = build()  # fixed 160 input, uncompiled: what ships
     state = {"steps": cfg.first_step, "best_val": -1.0, "ckpt": str(ckpt), "export": shipped, "best": None}
     t0 = time.time()
     deadline_a = t0 + cfg.budget_min * 60.0 * cfg.low_res_frac
@@ -236,8 +245,8 @@ def train(cfg: TrainConfig, command: str) -> dict:
     train_s = time.time() - t0
 
     # Score the full test set with the file that ships, loaded back from disk.
-    shipped = fashion.build_model(alpha=cfg.alpha)
-    shipped.load_weights(ckpt)
+    shipped = build()
+    fashion.load_weights(shipped, ckpt)
     t1 = time.time()
     subset = evaluate(shipped, "test", scenes.TEST_SUBSET, cfg.scene_seed)
     full = evaluate(shipped, "test", cfg.test_n, cfg.scene_seed) if cfg.test_n else None
@@ -245,9 +254,13 @@ def train(cfg: TrainConfig, command: str) -> dict:
         f"({time.time() - t1:.0f} s)")
     meta = {
         "version": 1,
-        "name": "fashion",
-        "architecture": f"keras.applications.MobileNetV2(alpha={cfg.alpha}, weights=None, classes=10)",
-        "alpha": cfg.alpha,
+        "name": cfg.name,
+        "arch": cfg.arch,
+        "architecture": (f"keras.applications.MobileNetV2(alpha={cfg.alpha}, weights=None, classes=10)"
+                         if cfg.arch == "mobilenet_v2" else
+                         "keras.applications.InceptionV3(weights=None, classes=10)"),
+        "alpha": cfg.alpha if cfg.arch == "mobilenet_v2" else None,
+        "weights_dtype": "float16" if cfg.float16 else "float32",
         "weights": ckpt.name,
         "weights_sha256": file_sha256(ckpt),
         "params": int(shipped.count_params()),
@@ -283,8 +296,8 @@ def train(cfg: TrainConfig, command: str) -> dict:
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "log": log_lines,
     }
-    (out / "fashion.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log(f"wrote {ckpt} ({ckpt.stat().st_size / 1e6:.1f} MB) and {out / 'fashion.json'}")
+    (out / f"{stem}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log(f"wrote {ckpt} ({ckpt.stat().st_size / 1e6:.1f} MB) and {out / f'{stem}.json'}")
     return meta
 
 
@@ -293,6 +306,9 @@ def parse(argv: Sequence[str] | None) -> TrainConfig:
     ap = argparse.ArgumentParser(prog="python -m models.train_fashion", description=__doc__.split("\n")[0])
     for f, v in asdict(cfg).items():
         if f == "phases":
+            continue
+        if isinstance(v, bool):
+            ap.add_argument("--" + f.replace("_", "-"), action="store_true")
             continue
         ap.add_argument("--" + f.replace("_", "-"), type=type(v), default=v)
     args = vars(ap.parse_args(argv))

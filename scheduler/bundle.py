@@ -11,7 +11,7 @@ from scheduler.core import (
     ConfigTable,
     Where,
 )
-from scheduler.devices import THIS_MACHINE_FLOPS_PER_S, CloudClass
+from scheduler.devices import THIS_MACHINE_FLOPS_PER_S, CloudClass, DeviceClass
 from splitinfer.bundle.device import (
     DeviceProfile,
     device_profile_from_flops,
@@ -105,6 +105,11 @@ class Bundle:
     device: DeviceProfile
     device_estimated: bool     # True when head latencies come from FLOPs, not a measurement
     split_order: tuple[str, ...]
+
+    def device_factor(self, device: DeviceClass) -> float:
+        """How much slower than this bundle's device profile `device` runs (host-independent:
+        the profile's own reference timing cancels the host's speed)."""
+        return device.factor(self.device.host_reference_ms)
 
     def table(self, device_factor: float, cloud: CloudClass | None) -> ConfigTable:
         return ConfigTable.build(build_configs(self.profile, self.device,

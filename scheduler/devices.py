@@ -1,79 +1,124 @@
-"""Device and cloud classes: how much slower or faster than THIS machine each one runs a model.
+"""Device and cloud classes: what a board (or the cloud) would take for what we time here.
 
-Head latencies in a bundle's `device-this-machine.json` and `tail_ms` in `profile.json` are measured
-on this development machine. The simulator turns them into another board's (or the cloud's)
-numbers by multiplying with a speed factor, so each factor must rest on a published figure for a
-model we can also run here. We use MobileNet (v1 / v2) float32 at 224x224, the de-facto mobile
-benchmark, with the same runtime family (TFLite / LiteRT with XNNPACK) on both sides.
+Device classes are host-independent. Each is defined by one published latency of the reference
+model (MobileNetV2 1.0, 224x224, float32; splitinfer/reference.py) on that board. The device
+profile times the same reference on the host, in the same run and at the same thread count as
+the heads, so
 
-This machine's reference figures (Intel Xeon, 2 shared cores, LiteRT 2.3 via
-ai_edge_litert, XNNPACK, float32, batch 1, median of 100 runs after 10 warm-ups, measured
-2026-12-01 with the script below):
+    board_ms = host_ms * class.reference_ms / profile.host_reference_ms
 
-    keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
-        num_threads=1: 8.08 ms    num_threads=2: 5.18 ms   (an earlier run: 8.27 / 5.89 ms)
-    keras.applications.MobileNet(weights=None, input_shape=(224, 224, 3))   # v1
-        num_threads=1: 12.16 ms   num_threads=2: 6.84 ms
+is the same on a fast or a slow host (`DeviceClass.factor`). The simulator, the live edge
+runtime (`--device`) and the demo all scale through this one function.
 
-    Command (TF 2.21, ai-edge-litert 2.3.0, from the repo root):
-      .venv/bin/python - <<'EOF'
-      import time, statistics, numpy as np, tensorflow as tf
-      from ai_edge_litert.interpreter import Interpreter
-      for ctor in (tf.keras.applications.MobileNet, tf.keras.applications.MobileNetV2):
-          tfl = tf.lite.TFLiteConverter.from_keras_model(
-              ctor(weights=None, input_shape=(224, 224, 3))).convert()
-          for threads in (1, 2):
-              it = Interpreter(model_content=tfl, num_threads=threads); it.allocate_tensors()
-              i = it.get_input_details()[0]["index"]
-              x = np.random.default_rng(0).random((1, 224, 224, 3), dtype=np.float32)
-              for _ in range(10): it.set_tensor(i, x); it.invoke()
-              ts = []
-              for _ in range(100):
-                  t0 = time.perf_counter(); it.set_tensor(i, x); it.invoke()
-                  ts.append((time.perf_counter() - t0) * 1e3)
-              print(ctor.__name__, threads, statistics.median(ts))
-      EOF
+Relative speeds come from one source, the ncnn benchmark README (github.com/Tencent/ncnn,
+benchmark/README.md, read at commit a4d2ea1d; float32 `mobilenet_v2` avg, CPU only, the run with
+the most threads the section prints), anchored to one LiteRT figure: the XNNPACK README's
+MobileNet v2 1.0X on a Raspberry Pi 4, 44 ms (github.com/google/XNNPACK, README.md, "Raspberry
+Pi" table, multi-threaded). XNNPACK is LiteRT's CPU backend, so the anchor is like for like:
 
-The 2-thread figures are the reference because `edge_runtime.profile` measures heads with
-num_threads=2 on this machine (see docs/FORMATS.md). The cloud reference is TensorFlow on this
-CPU (how `converter.profile` measures `tail_ms`):
+    class.reference_ms = 44 ms * ncnn_ms(board) / ncnn_ms(Raspberry Pi 4) (61.88 ms)
 
-    keras.applications.ResNet50(weights=None), batch 1, tf.function, 2 cores: 131 ms median
-    keras.applications.MobileNetV2(weights=None), batch 1, tf.function:         40 ms median
+The same sections give ResNet-50 (`resnet50`); it is recorded with each class because heavy and
+light networks do not scale alike across boards (a Snapdragon 660 is 1.8x a Pi 4 on MobileNetV2
+but 1.0x on ResNet-50), but the scaling uses the MobileNetV2 reference for every model.
 
-or, for bundles with TFLite tails, LiteRT on this CPU (the script above with ResNet50, 2
-threads, median of 50 runs, measured 2026-12-06; MobileNetV2 gave 3.68 ms in the same run):
-
-    keras.applications.ResNet50(weights=None), batch 1, LiteRT, num_threads=2:   38.3 ms median
-
-A factor is (published ms on that machine) / (this machine's ms for the same model), so a factor
-above 1 means slower than here. Factors are approximate by nature (clocks, thermal throttling,
-runtime versions); the scheduler corrects them online from observed latencies
-(`Scheduler.observe_device` / `observe_cloud`), so they only need to be right to tens of percent.
+Cloud classes are still relative to this machine's tail timings (see CloudClass).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# This machine's reference latencies (see the module docstring for how they were measured).
-THIS_MACHINE_MOBILENET_V1_MS = 6.84   # LiteRT, float32, 224x224, num_threads=2
-THIS_MACHINE_MOBILENET_V2_MS = 5.18   # LiteRT, float32, 224x224, num_threads=2
-THIS_MACHINE_TF_RESNET50_MS = 131.0   # TensorFlow 2.21 CPU, batch 1
-THIS_MACHINE_LITERT_RESNET50_MS = 38.3  # LiteRT, float32, 224x224, num_threads=2, batch 1
-# Sustained LiteRT FLOP/s here, for bundles without a device profile: MobileNetV2 1.0 224x224 is
-# about 0.60 GFLOP (2 x 300 M multiply-accumulates, as converter/flops.py counts) in 5.18 ms.
-THIS_MACHINE_FLOPS_PER_S = 0.60e9 / (THIS_MACHINE_MOBILENET_V2_MS / 1e3)
+from splitinfer.reference import REFERENCE_FLOPS, REFERENCE_NAME
+
+# This machine's figures for the cloud classes and for FLOPs-based estimates (LiteRT via
+# ai_edge_litert 2.3, XNNPACK, float32, batch 1, median of 100 runs; measured 2026-12-01 and
+# 2026-12-06 on the 2-core development machine):
+#   keras.applications.MobileNetV2(weights=None), 224x224, num_threads=2: 5.18 ms
+#   keras.applications.ResNet50(weights=None), LiteRT, num_threads=2:      38.3 ms
+#   keras.applications.ResNet50(weights=None), TensorFlow 2.21 tf.function, batch 1: 131 ms
+THIS_MACHINE_MOBILENET_V2_MS = 5.18
+THIS_MACHINE_TF_RESNET50_MS = 131.0
+THIS_MACHINE_LITERT_RESNET50_MS = 38.3
+# Sustained LiteRT FLOP/s for bundles without a device profile. Emulated classes cancel it out
+# (the reference is costed at the same rate), so it only matters for `this-machine`.
+THIS_MACHINE_FLOPS_PER_S = REFERENCE_FLOPS / (THIS_MACHINE_MOBILENET_V2_MS / 1e3)
+
+
+class EmulationError(ValueError):
+    """A device class cannot be emulated from this device profile."""
 
 
 @dataclass(frozen=True)
 class DeviceClass:
-    """An edge board: latency there = latency measured here * factor."""
+    """An edge board, defined by the reference model's latency on it."""
 
     name: str
     description: str
-    factor: float
+    reference_ms: float | None    # MobileNetV2 1.0 224 float32 on the board; None: the host itself
     source: str
+    resnet50_ms: float | None = None  # the same source's ResNet-50, LiteRT-anchored (documentation)
 
+    def factor(self, host_reference_ms: float | None) -> float:
+        """Board time / host time, given the reference timed on the host with the heads."""
+        if self.reference_ms is None:
+            return 1.0
+        if host_reference_ms is None or not host_reference_ms > 0:
+            raise EmulationError(
+                f"device class {self.name!r} is emulated by scaling with the reference model "
+                f"timed on this host, and this device profile has none: re-run `python -m "
+                f"edge_runtime.profile BUNDLE` to measure it")
+        return self.reference_ms / host_reference_ms
+
+
+# --- Edge devices -------------------------------------------------------------------------------
+
+XNNPACK_RPI4_MOBILENET_V2_MS = 44.0   # the LiteRT anchor
+NCNN_RPI4_MOBILENET_V2_MS = 61.88     # ncnn, Raspberry Pi 4 Model B (Cortex-A72 1.8 GHz x 4), 4 threads
+LITERT_PER_NCNN = XNNPACK_RPI4_MOBILENET_V2_MS / NCNN_RPI4_MOBILENET_V2_MS
+
+
+def _ncnn(name: str, description: str, section: str, threads: int, mobilenet_v2_ms: float,
+          resnet50_ms: float, note: str = "") -> DeviceClass:
+    return DeviceClass(
+        name, description, round(mobilenet_v2_ms * LITERT_PER_NCNN, 2),
+        f"ncnn benchmark README, \"{section}\", {threads} threads: mobilenet_v2 {mobilenet_v2_ms} ms "
+        f"(resnet50 {resnet50_ms} ms) x {XNNPACK_RPI4_MOBILENET_V2_MS}/{NCNN_RPI4_MOBILENET_V2_MS} "
+        f"(XNNPACK README Pi 4 anchor){note}",
+        round(resnet50_ms * LITERT_PER_NCNN, 1))
+
+
+DEVICES: dict[str, DeviceClass] = {
+    d.name: d
+    for d in (
+        DeviceClass("this-machine", "the host itself (no scaling)", None, "identity"),
+        _ncnn("pi-zero2", "Raspberry Pi Zero 2 W class (4x Cortex-A53 @ 1.0 GHz)",
+              "Raspberry Pi Zero 2 W Broadcom BCM2710A1, Cortex-A53 (ARMv8) (1.0GHz x 4)", 4,
+              147.39, 782.63),
+        _ncnn("pi3", "Raspberry Pi 3 Model B+ class (4x Cortex-A53 @ 1.4 GHz)",
+              "Raspberry Pi 3 Model B+ Broadcom BCM2837B0, Cortex-A53 (ARMv8) (1.4GHz x 4)", 4,
+              111.68, 587.42),
+        _ncnn("phone-low", "low-end phone class (Snapdragon 410, 4x Cortex-A53 @ 1.2 GHz)",
+              "Qualcomm MSM8916 Snapdragon 410 (Cortex-A53 1.2GHz x 4)", 4, 82.00, 393.71),
+        _ncnn("rpi4", "Raspberry Pi 4 class board (4x Cortex-A72)",
+              "Raspberry Pi 4 Model B Broadcom BCM2711B0, Cortex-A72 (ARMv8) (1.8GHz x 4)", 4,
+              61.88, 262.83, "; the anchor itself, 44 ms"),
+        _ncnn("phone-mid", "mid-range phone class (Snapdragon 660, 8x Kryo 260)",
+              "Qualcomm SDM660 Snapdragon 660 (Kyro260 2.2GHz x 4 + Kyro260 1.84GHz x 4 + "
+              "Adreno 512)", 8, 34.54, 266.59),
+        _ncnn("jetson-nano", "NVIDIA Jetson Nano, CPU only (4x Cortex-A57)", "NVIDIA Jetson Nano",
+              4, 33.83, 204.08),
+        _ncnn("rpi5", "Raspberry Pi 5 class board (4x Cortex-A76 @ 2.4 GHz)",
+              "Raspberry Pi 5 Broadcom BCM2712, Cortex-A76 (ARMv8) (2.4GHz x 4)", 4, 10.52, 46.21,
+              "; 5.9x a Pi 4 here, against the 2-3x Raspberry Pi Ltd announced: a TFLite "
+              "cross-check (github.com/aallan/benchmarking-ml-on-the-edge) measured 4.8x"),
+        _ncnn("xavier", "NVIDIA Jetson AGX Xavier, CPU only (8x Carmel @ 2.2 GHz; DynO's client)",
+              "NVIDIA Jetson AGX Xavier (Carmel 2.2 GHz x 8 + Volta Tensor Cores 64)", 8,
+              8.78, 29.41),
+        _ncnn("phone-high", "high-end phone class (Snapdragon 855+)",
+              "Qualcomm SM8150-AC Snapdragon 855+ (Kyro485 2.96 GHz + 2.42 GHz x 3 + 1.80 GHz x 4 "
+              "+ Adreno 640)", 4, 4.68, 26.24),
+    )
+}
 
 @dataclass(frozen=True)
 class CloudClass:
@@ -95,53 +140,6 @@ class CloudClass:
             return self.litert_factor
         return self.factor
 
-
-# --- Edge devices -------------------------------------------------------------------------------
-
-# Raspberry Pi 4 (BCM2711, 4x Cortex-A72 @ 1.5 GHz). XNNPACK README, "Raspberry Pi" table
-# (github.com/google/XNNPACK, README.md, benchmarked 2020-02-12 with end2end-bench, multi-threaded,
-# Raspbian Buster): MobileNet v2 1.0X = 44 ms on RPi 4. XNNPACK is LiteRT's CPU backend, so the
-# comparison is like for like.
-RPI4_MOBILENET_V2_MS = 44.0
-
-# Raspberry Pi 5 (BCM2712, 4x Cortex-A76 @ 2.4 GHz). No like-for-like LiteRT MobileNetV2 float figure
-# was found, so this is derived: the RPi 4 figure above divided by 2.5, the midpoint of the
-# "2-3x the CPU performance of Raspberry Pi 4" that Raspberry Pi Ltd announced for the Pi 5
-# (raspberrypi.com/news/introducing-raspberry-pi-5, 2023-09-28). Cross-check: Alasdair Allan's
-# TFLite benchmark (github.com/aallan/benchmarking-ml-on-the-edge, README table, 4 threads,
-# SSD-MobileNet v2 300x300) measured 23.5 ms on a Pi 5 vs 112.6 ms on a Pi 4 (4.8x), so 2.5x is the
-# conservative end.
-RPI5_MOBILENET_V2_MS = RPI4_MOBILENET_V2_MS / 2.5
-
-# High-end phone (Google Pixel 4, Snapdragon 855). TensorFlow Lite "Performance measurement" page
-# (tensorflow.org/lite/performance/measurement, "Android performance benchmarks", Android 10,
-# benchmark_model): Mobilenet_1.0_224 (float), CPU 4 threads = 14.0 ms on Pixel 4.
-PIXEL4_MOBILENET_V1_MS = 14.0
-
-DEVICES: dict[str, DeviceClass] = {
-    d.name: d
-    for d in (
-        DeviceClass(
-            "this-machine", "the development machine itself (no scaling)", 1.0,
-            "identity"),
-        DeviceClass(
-            "phone", "high-end phone class (Pixel 4, Snapdragon 855, CPU 4 threads)",
-            PIXEL4_MOBILENET_V1_MS / THIS_MACHINE_MOBILENET_V1_MS,
-            "TFLite performance measurement page: Mobilenet_1.0_224 float, Pixel 4, CPU 4 threads "
-            f"{PIXEL4_MOBILENET_V1_MS} ms vs {THIS_MACHINE_MOBILENET_V1_MS} ms here"),
-        DeviceClass(
-            "rpi5", "Raspberry Pi 5 class board (4x Cortex-A76 @ 2.4 GHz)",
-            RPI5_MOBILENET_V2_MS / THIS_MACHINE_MOBILENET_V2_MS,
-            f"XNNPACK README RPi 4 MobileNet v2 {RPI4_MOBILENET_V2_MS} ms / 2.5 (Raspberry Pi Ltd: "
-            f"Pi 5 has 2-3x Pi 4 CPU performance) = {RPI5_MOBILENET_V2_MS:.1f} ms vs "
-            f"{THIS_MACHINE_MOBILENET_V2_MS} ms here"),
-        DeviceClass(
-            "rpi4", "Raspberry Pi 4 class board (4x Cortex-A72 @ 1.5 GHz)",
-            RPI4_MOBILENET_V2_MS / THIS_MACHINE_MOBILENET_V2_MS,
-            f"XNNPACK README, Raspberry Pi table: MobileNet v2 1.0X {RPI4_MOBILENET_V2_MS} ms "
-            f"(multi-threaded) vs {THIS_MACHINE_MOBILENET_V2_MS} ms here"),
-    )
-}
 
 # --- Cloud --------------------------------------------------------------------------------------
 
@@ -173,9 +171,18 @@ CLOUDS: dict[str, CloudClass] = {
 DEFAULT_CLOUD = "gpu"
 
 
+def emulated() -> list[DeviceClass]:
+    """The emulated classes, slowest first."""
+    return sorted((d for d in DEVICES.values() if d.reference_ms is not None),
+                  key=lambda d: -d.reference_ms)
+
+
 def slowest_device() -> str:
-    """The default `--device`: the slowest class, so results are not flattered by a fast board."""
-    return max(DEVICES.values(), key=lambda d: d.factor).name
+    """The slowest class: results on it are not flattered by a fast board."""
+    return emulated()[0].name
+
+
+DEFAULT_DEVICE = "rpi4"  # the default `--device`: the board the project is most often run on
 
 
 def device_class(name: str) -> DeviceClass:
@@ -196,11 +203,13 @@ def cloud_class(name: str) -> CloudClass:
 
 def describe() -> str:
     """A table of every class, for `--list-devices`."""
-    lines = ["device classes (latency = measured on this machine x factor):"]
-    for d in sorted(DEVICES.values(), key=lambda d: d.factor):
-        default = "  [default]" if d.name == slowest_device() else ""
-        lines.append(f"  {d.name:13s} x{d.factor:6.3f}  {d.description}{default}")
-        lines.append(f"  {'':13s}          source: {d.source}")
+    lines = [f"device classes (board ms = host ms x reference ms / host reference ms; reference "
+             f"{REFERENCE_NAME}, LiteRT/XNNPACK):"]
+    for d in [DEVICES["this-machine"], *emulated()]:
+        default = "  [default]" if d.name == DEFAULT_DEVICE else ""
+        ref = f"{d.reference_ms:7.2f} ms" if d.reference_ms is not None else "   (host)"
+        lines.append(f"  {d.name:13s} {ref}  {d.description}{default}")
+        lines.append(f"  {'':13s}             source: {d.source}")
     lines.append("cloud classes (tail = max(floor, tail measured on this machine x factor)):")
     for c in CLOUDS.values():
         default = "  [default]" if c.name == DEFAULT_CLOUD else ""

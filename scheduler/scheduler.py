@@ -60,6 +60,9 @@ class Decision:
     relief: bool = False      # this frame runs locally because the uplink is backlogged
 
 
+SLOT_WAIT_QUANTILE = 0.9
+
+
 class Scheduler:
     """Chooses (split, bits) per frame for an objective under an SLO.
 
@@ -109,6 +112,8 @@ class Scheduler:
         self.relief_frames = 0
         self._uplink_free_s = -math.inf     # predicted time the uplink drains
         self._outstanding = 0               # offloaded frames without an answer yet
+        self._sent: deque[tuple[float, float]] = deque()  # their (decided at, predicted flight s)
+        self._flights: deque[float] = deque(maxlen=256)  # observed decision-to-answer times (s)
         self._thr_objective = any(m.value == "throughput" for m, _ in objective.weights) or \
             slo.min_throughput_fps is not None
         self._full_ms = table.configs[table.full_index].head_ms
@@ -125,7 +130,7 @@ class Scheduler:
         """An upload of `nbytes` took `seconds` from first byte to the server's acknowledgement
         (`probe`: it was a probe, not a frame)."""
         if not probe:
-            self._outstanding = max(0, self._outstanding - 1)
+            self._answered(now_s)
         base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
         self.bandwidth.add(now_s, nbytes, seconds, base / 1e3)
         if probe:
@@ -165,7 +170,7 @@ class Scheduler:
     def observe_failure(self, now_s: float, probe: bool = False) -> None:
         """Cloud down, 5xx or timeout: go device-only and retry with exponential back-off."""
         if not probe:
-            self._outstanding = max(0, self._outstanding - 1)
+            self._answered()
         self._failures += 1
         self._cloud_ok = False
         self._probe_in_flight = False
@@ -175,7 +180,36 @@ class Scheduler:
     def observe_abandoned(self) -> None:
         """An offloaded frame was finished on the device without being sent (the cloud went
         down while it waited): it is no longer in flight, and nothing was learnt."""
+        self._answered()
+
+    def _answered(self, now_s: float | None = None) -> None:
+        """One offloaded frame is no longer in flight (answered at `now_s`, failed or abandoned);
+        answers come back about in order, so it is the oldest one."""
         self._outstanding = max(0, self._outstanding - 1)
+        if self._sent:
+            sent_s, _ = self._sent.popleft()
+            if now_s is not None and now_s >= sent_s:
+                self._flights.append(now_s - sent_s)
+
+    def _slot_wait_s(self, now_s: float) -> float:
+        """How long a frame would wait for the in-flight limit: a high quantile of the rest of
+        the flight of the frame that has to answer first, given how long it has flown already,
+        over the recent flight times (the predicted one before any answer). Conditional on the
+        time already spent, so a late answer on a steady link is expected soon and one later
+        than every recent flight (a stalling link) is not expected at all (inf). A quantile,
+        not the mean: waiting commits the device, and flights over cellular links are
+        heavy-tailed, so a rare stall costs more frames than many short waits save."""
+        k = self._outstanding - self.p.pipeline_depth
+        if k < 0:
+            return 0.0
+        if len(self._sent) <= k:
+            return math.inf
+        sent_s, predicted_s = self._sent[k]
+        elapsed = now_s - sent_s
+        if not self._flights:
+            return max(predicted_s - elapsed, 0.0)
+        rest = sorted(f - elapsed for f in self._flights if f > elapsed)
+        return rest[int(SLOT_WAIT_QUANTILE * (len(rest) - 1))] if rest else math.inf
 
     def observe_success(self, now_s: float) -> None:
         """An upload or probe got its answer: the cloud is reachable."""
@@ -271,7 +305,9 @@ class Scheduler:
         if not self.p.relief:
             relieve = False
         elif self._outstanding >= self.p.pipeline_depth:
-            relieve = True            # in-flight limit: the device would only wait
+            # in-flight limit: run the frame whole only if the device would otherwise idle at
+            # least as long as that costs it beyond the head
+            relieve = self._slot_wait_s(now_s) > full_s - dev_s
         elif wait <= 0:
             relieve = False
         elif self._thr_objective:     # keep about one upload queued so the link never idles
@@ -292,6 +328,7 @@ class Scheduler:
                             fallback=False, relief=True)
         self._uplink_free_s = max(head_done, self._uplink_free_s) + up_s
         self._outstanding += 1
+        self._sent.append((now_s, d.latency_ms / 1e3))
         return d
 
     def _decide_primary(self, now_s: float, st: State) -> Decision:
@@ -304,6 +341,9 @@ class Scheduler:
                                   f"failures), retry at {self._retry_at:.2f}s", True)
         best: Choice = self._chooser.best(ev)
         cur = self._current
+        if cur is None and best.index != self.table.full_index and \
+                self._gain(ev, self.table.full_index, best.index) < self.p.margin:
+            cur = self.table.full_index   # picking afresh: still only for a gain beyond the margin
         if cur is None or cur == best.index:
             self._better_since = None
             self._set(best.index, now_s)

@@ -172,8 +172,10 @@ class OraclePolicy(StaticPolicy):
         k = choose(with_true_uplink(p, up_ms, lat, self.state), self.objective, self.slo).index
         if not off[k]:
             return int(self.cand[k])
-        if len(live) >= self.depth:
-            return self.table.full_index              # relief: the in-flight limit is reached
+        if len(live) >= self.depth:   # the in-flight limit: relieve if the device would idle
+            idle_ms = (t_off - t0) * 1e3              # ...longer than the full model costs extra
+            return self.table.full_index if idle_ms > self.full.head_ms - p.device_ms[k] else \
+                int(self.cand[k])
         if self.throughput:
             relieve = wait_ms[k] > self.full.head_ms - p.device_ms[k] + up_ms[k]
         else:
@@ -184,6 +186,17 @@ class OraclePolicy(StaticPolicy):
 def neurosurgeon_table(table: ConfigTable) -> ConfigTable:
     """Device-only, cloud-only JPEG and float32 splits: Neurosurgeon's search space."""
     return table.select(lambda c: c.where is Where.CLOUD or c.encoding == FLOAT32)
+
+
+def raw_input_table(table: ConfigTable, input_elements: int) -> ConfigTable:
+    """The table with cloud-only sending the raw float32 input instead of a JPEG, as
+    Neurosurgeon was published: no encode on the device, no decode in the cloud, no loss."""
+    def raw(c: Config) -> Config:
+        if c.where is not Where.CLOUD:
+            return c
+        return replace(c, pack_ms=0.0, unpack_ms=0.0, bytes=4.0 * input_elements, drop_pp=0.0)
+
+    return ConfigTable.build(raw(c) for c in table.configs)
 
 
 def fixed8_index(table: ConfigTable, objective: Objective, slo: Slo, bandwidth_bps: float,

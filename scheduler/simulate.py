@@ -137,6 +137,7 @@ class _Run:
         self.choice = self._policy(sched_params)
         self.records: list[FrameRecord] = []
         self.lat: list[float] = []
+        self.dones: list[float] = []
         self.bytes: list[float] = []
         self.cloud_ms: list[float] = []
         self.drops: list[float] = []
@@ -228,6 +229,7 @@ class _Run:
         latency = (done - t_arr) * 1e3
         drop = 0.0 if failed else c.drop_pp
         self.lat.append(latency)
+        self.dones.append(done)
         self.bytes.append(c.bytes)
         self.cloud_ms.append(cloud_ms)
         self.drops.append(drop)
@@ -260,6 +262,10 @@ class _Run:
             "dropped_frames": self.dropped,
             "sim_seconds": round(span, 3),
             "throughput_fps": frames / span,
+            # with a duration: frames answered within it, per second of it (steady state: a frame
+            # still stuck in a stalled upload at the end costs latency, not throughput)
+            "window_fps": (float(np.sum(np.asarray(self.dones) <= prm.start_s + prm.duration_s))
+                           / prm.duration_s if prm.duration_s else frames / span),
             "latency_ms_mean": float(la.mean()),
             "latency_ms_p50": float(np.percentile(la, 50)),
             "latency_ms_p95": float(np.percentile(la, 95)),
@@ -317,8 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", type=Path, help="profile.json (default DIR/profile.json)")
     ap.add_argument("--device-profile", type=Path,
                     help="device profile (default DIR/device-this-machine.json)")
-    ap.add_argument("--device", default=devices.slowest_device(),
-                    help=f"device class (default the slowest, {devices.slowest_device()})")
+    ap.add_argument("--device", default=devices.DEFAULT_DEVICE,
+                    help=f"device class (default {devices.DEFAULT_DEVICE}; see --list-devices)")
     ap.add_argument("--cloud", default=devices.DEFAULT_CLOUD, help="cloud class")
     ap.add_argument("--frames", type=int, default=2000)
     ap.add_argument("--fps", type=float, help="camera rate (default: as fast as possible)")
@@ -359,18 +365,19 @@ def run_cli(argv: list[str] | None = None) -> int:
     cloud = devices.cloud_class(args.cloud)
     bundle: Bundle = load_bundle(args.bundle, args.profile, args.device_profile,
                                   drop_estimate=args.drop_estimate)
+    factor = bundle.device_factor(dev)
     if bundle.device_estimated:
         print(f"note: {args.bundle} has no device profile; head latencies are estimated from the "
-              f"manifest's FLOPs at {devices.THIS_MACHINE_FLOPS_PER_S:.3g} FLOP/s (this machine) "
-              f"x {dev.factor:.2f} ({dev.name})", file=sys.stderr)
+              f"manifest's FLOPs, scaled to {dev.name} by the reference model's FLOPs "
+              f"(x {factor:.2f} over {devices.THIS_MACHINE_FLOPS_PER_S:.3g} FLOP/s)", file=sys.stderr)
     trace = parse_trace(args.trace)
     slo = Slo(args.slo_ms, args.max_drop_pp, args.max_bytes, args.min_fps)
-    res = simulate(bundle.table(dev.factor, cloud), trace, policy, Objective.parse(args.objective),
+    res = simulate(bundle.table(factor, cloud), trace, policy, Objective.parse(args.objective),
                    slo, SimParams(frames=args.frames, fps=args.fps, duration_s=args.duration_s,
                                   start_s=args.start_s, rtt_ms=args.rtt_ms, seed=args.seed,
                                   pipeline_depth=args.pipeline_depth),
                    keep_timeline=True)
-    res.summary.update(device=dev.name, device_factor=dev.factor, cloud=cloud.name,
+    res.summary.update(device=dev.name, device_factor=factor, cloud=cloud.name,
                        bundle=str(args.bundle), device_profile=(
                            "estimated from FLOPs" if bundle.device_estimated else bundle.device.device))
     if args.timeline:

@@ -30,6 +30,7 @@ from scheduler.estimators import BandwidthEstimator, Ewma, harmonic_mean, robust
 from scheduler.scheduler import Scheduler, SchedulerParams
 from splitinfer.bundle.profile import load_profile
 from splitinfer.errors import FormatError
+from splitinfer.reference import REFERENCE_FLOPS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scheduler"
 
@@ -37,8 +38,8 @@ rates = st.floats(min_value=1e3, max_value=1e9, allow_nan=False, allow_infinity=
 
 
 def fixture_table(device: str = "rpi4", cloud: str = "gpu") -> ConfigTable:
-    return load_bundle(FIXTURES, drop_estimate="point").table(devices.device_class(device).factor,
-                                       devices.cloud_class(cloud))
+    b = load_bundle(FIXTURES, drop_estimate="point")
+    return b.table(b.device_factor(devices.device_class(device)), devices.cloud_class(cloud))
 
 
 def feed(s: Scheduler, t0: float, t1: float, mbps: float, nbytes: float = 20_000,
@@ -347,15 +348,61 @@ def test_without_device_profile_heads_come_from_flops(tmp_path):
                                          devices.THIS_MACHINE_FLOPS_PER_S)
 
 
-def test_device_classes():
-    assert {"phone", "rpi5", "rpi4"} <= set(devices.DEVICES)
-    assert devices.slowest_device() == "rpi4"
-    assert devices.DEVICES["phone"].factor < devices.DEVICES["rpi5"].factor \
-        < devices.DEVICES["rpi4"].factor
+def test_device_classes_span_real_fleets_with_sources():
+    emulated = devices.emulated()
+    assert len(emulated) >= 8
+    assert {"pi-zero2", "pi3", "rpi4", "rpi5", "jetson-nano", "phone-low", "phone-mid",
+            "phone-high", "xavier"} <= set(devices.DEVICES)
+    assert all(d.source and d.reference_ms > 0 for d in emulated)
+    assert devices.slowest_device() == "pi-zero2"
+    ref = {d.name: d.reference_ms for d in emulated}
+    assert ref["pi-zero2"] > ref["pi3"] > ref["rpi4"] > ref["rpi5"] > ref["phone-high"]
+    assert ref["rpi4"] == pytest.approx(devices.XNNPACK_RPI4_MOBILENET_V2_MS)  # the anchor
     assert 0 < devices.CLOUDS["gpu"].factor < 0.1
     with pytest.raises(ValueError, match="--list-devices"):
         devices.device_class("nokia")
     assert math.isfinite(devices.THIS_MACHINE_FLOPS_PER_S)
+    listing = devices.describe()
+    assert all(d.name in listing for d in emulated) and "source:" in listing
+
+
+@given(host_speed=st.floats(0.1, 10.0), head_ms=st.floats(0.01, 100.0))
+def test_an_emulated_class_gives_the_same_ms_on_any_host(host_speed, head_ms):
+    """A host k times slower measures the head and the reference k times slower: the board's
+    time does not change."""
+    rpi4 = devices.device_class("rpi4")
+    fast = head_ms * rpi4.factor(5.0)
+    slow = (head_ms * host_speed) * rpi4.factor(5.0 * host_speed)
+    assert slow == pytest.approx(fast, rel=1e-9)
+    assert fast == pytest.approx(head_ms * 44.0 / 5.0)
+
+
+def test_emulation_needs_a_host_reference(tmp_path):
+    assert devices.device_class("this-machine").factor(None) == 1.0
+    with pytest.raises(devices.EmulationError, match="edge_runtime.profile"):
+        devices.device_class("rpi4").factor(None)
+    d = tmp_path / "b"
+    shutil.copytree(FIXTURES, d)
+    data = json.loads((d / "device-this-machine.json").read_text())
+    data["version"], _ = 1, data.pop("host_reference_ms")  # a profile from before references
+    (d / "device-this-machine.json").write_text(json.dumps(data))
+    b = load_bundle(d, drop_estimate="point")
+    assert b.device_factor(devices.device_class("this-machine")) == 1.0
+    with pytest.raises(ValueError, match="re-run"):
+        b.device_factor(devices.device_class("rpi4"))
+
+
+def test_flops_estimates_emulate_independently_of_the_assumed_host_speed(tmp_path):
+    d = tmp_path / "b"
+    shutil.copytree(FIXTURES, d)
+    (d / "device-this-machine.json").unlink()
+    pi = devices.device_class("pi3")
+    full = []
+    for flops_per_s in (1e9, 3e10):
+        b = load_bundle(d, drop_estimate="point", flops_per_s=flops_per_s)
+        full.append(b.device.full_ms * b.device_factor(pi))
+    assert full[0] == pytest.approx(full[1])
+    assert full[0] == pytest.approx(b.manifest.full_flops / REFERENCE_FLOPS * pi.reference_ms)
 
 
 @given(st.floats(min_value=1e4, max_value=1e9), st.floats(min_value=0, max_value=300),
