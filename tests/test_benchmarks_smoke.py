@@ -131,3 +131,32 @@ def test_cloud_backends_benchmark_quick(profiled_bundle, tmp_path):
     assert [p["backend"] for p in r["profile"]] == ["litert", "tf"] and all(p["seconds"] > 0 for p in r["profile"])
     assert r["bundle_bytes"]["tails_tflite"] > 0
     assert (bundle / "profile.json").read_bytes() == before  # profiled a copy, not the user's bundle
+
+
+@pytest.mark.slow
+def test_regime_map_quick(profiled_bundle, tmp_path, capsys):
+    from benchmarks import regimes
+
+    bundle, _ = profiled_bundle
+    out = tmp_path / "regimes.json"
+    assert regimes.main(["--bundle", str(bundle), "--devices", "pi-zero2", "phone-high",
+                         "--links", "lte", "wifi", "--duration-s", "5", "--jobs", "1",
+                         "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "headlines:" in printed
+    r = json.loads(out.read_text())
+    assert [d["name"] for d in r["devices"]] == ["pi-zero2", "phone-high"]
+    assert [lk["name"] for lk in r["links"]] == ["lte", "wifi"]
+    assert len(r["cells"]) == 4
+    for cell in r["cells"]:
+        assert {"model", "device", "link", "fps", "drop_pp"} <= set(cell)
+        assert set(cell["fps"]) == set(regimes.POLICIES) == set(cell["drop_pp"])
+        assert all(v >= 0 for v in cell["fps"].values())
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_regime_map_refuses_unknown_classes(profiled_bundle, capsys):
+    from benchmarks import regimes
+
+    assert regimes.main(["--bundle", str(profiled_bundle[0]), "--devices", "nokia"]) == 2
+    assert "unknown device class" in capsys.readouterr().err

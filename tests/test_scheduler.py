@@ -517,3 +517,59 @@ def test_one_or_two_packet_uploads_cannot_raise_the_estimate_alone():
     first = BandwidthEstimator()
     first.add(0.0, 1100, 0.044, rtt_s=0.043)   # nothing else known: even a tiny one is a guess
     assert first.estimate_bps == pytest.approx(1100 * 8 / 1e-3)
+
+
+def _two_config_scheduler(full_ms: float, depth: int = 2) -> Scheduler:
+    """Device-only (full_ms) or a split (5 ms head, 1 ms pack, 1 kB) on a fast link."""
+    table = ConfigTable.build([
+        Config("full", None, Where.DEVICE, full_ms, 0.0, 0.0, 0.0, 0.0, 0.0, depth=2),
+        Config("mid", 4, Where.SPLIT, 5.0, 1.0, 1000.0, 0.1, 1.0, 0.1, depth=1)])
+    s = Scheduler(table, Objective.single("throughput"), Slo(max_drop_pp=1.0),
+                  SchedulerParams(pipeline_depth=depth))
+    feed(s, 0.0, 1.0, 50.0, nbytes=1000, rtt_ms=40.0)
+    return s
+
+
+def _fill_and_answer(s: Scheduler, t: float, flight_s: float, rounds: int = 20) -> float:
+    """Offload `depth` frames at t, answer them flight_s later; repeat (a steady link)."""
+    for _ in range(rounds):
+        sent = [s.decide(t) for _ in range(s.p.pipeline_depth)]
+        assert all(d.where is Where.SPLIT for d in sent)
+        t += flight_s
+        for _ in sent:
+            s.observe_upload(t, 1000, flight_s)
+        t += 1e-3
+    return t
+
+
+@pytest.mark.parametrize("full_ms,relieved", [(200.0, False), (40.0, True)])
+def test_at_the_in_flight_limit_relief_only_when_the_device_would_idle_longer(full_ms, relieved):
+    """Slots free 50 ms after each send. Waiting ~50 ms beats a 200 ms local run; a 40 ms one
+    fits in the wait, so it runs."""
+    s = _two_config_scheduler(full_ms)
+    t = _fill_and_answer(s, 1.0, 0.05)
+    assert [s.decide(t).where for _ in range(2)] == [Where.SPLIT, Where.SPLIT]
+    d = s.decide(t + 1e-3)            # both slots taken, answers due in ~49 ms
+    assert d.relief is relieved
+
+
+def test_at_the_in_flight_limit_an_answer_later_than_every_recent_flight_means_a_stall():
+    s = _two_config_scheduler(200.0)
+    t = _fill_and_answer(s, 1.0, 0.05)
+    for _ in range(2):
+        s.decide(t)
+    late = s.decide(t + 0.3)          # 300 ms without an answer: every recent flight took 50 ms
+    assert late.relief and late.where is Where.DEVICE
+
+
+def test_after_a_fallback_only_a_gain_beyond_the_margin_leaves_device_only():
+    """The split is predicted 1% better than device-only: not worth leaving it for."""
+    table = ConfigTable.build([
+        Config("full", None, Where.DEVICE, 10.0, 0.0, 0.0, 0.0, 0.0, 0.0, depth=2),
+        Config("mid", 4, Where.SPLIT, 9.8, 0.1, 1000.0, 0.1, 1.0, 0.1, depth=1)])
+    s = Scheduler(table, Objective.single("throughput"), Slo(max_drop_pp=1.0),
+                  SchedulerParams(relief=False))
+    t = feed(s, 0.0, 1.0, 50.0, nbytes=1000, rtt_ms=40.0)
+    s.observe_failure(t)
+    s.observe_success(t + 0.1)
+    assert s.decide(t + 0.2).where is Where.DEVICE
