@@ -118,6 +118,7 @@ def plot(cells: list[dict], models: list[str], devs: list[str], links: list[str]
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LogNorm, TwoSlopeNorm
+    from matplotlib.ticker import FuncFormatter
 
     panels = (("dyno/best_baseline", "dyno / best baseline"), ("dyno/device", "dyno / device-only"),
               ("dyno/neurosurgeon-raw", "dyno / Neurosurgeon (raw input)"))
@@ -147,7 +148,10 @@ def plot(cells: list[dict], models: list[str], devs: list[str], links: list[str]
             ax.set_xticks(range(len(links)), links, rotation=30, ha="right")
             ax.set_yticks(range(len(devs)), devs)
             ax.set_title(f"{model}: {title}", fontsize=10)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            plain = FuncFormatter(lambda v, _: f"{v:g}")
+            bar.ax.yaxis.set_major_formatter(plain)
+            bar.ax.yaxis.set_minor_formatter(plain)
     fig.suptitle(f"Throughput ratios, GPU cloud, objective max throughput, drop <= {MAX_DROP_PP} pp "
                  f"(devices slowest at the top)", fontsize=11)
     fig.tight_layout()

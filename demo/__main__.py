@@ -1,10 +1,12 @@
-"""make demo: the whole pipeline, live, over an emulated cellular uplink.
+"""make demo: the whole pipeline, live, over an emulated cellular uplink, on a weak and a strong board.
 
 Builds (if missing) and profiles the default bundle (with --fast and nothing built, a smaller one:
-fewer splits, fewer profiled images), starts the real cloud service behind an
-emulated link that follows a cellular trace, runs the real edge runtime with the `auto` policy
-(ours), then `device` and `cloud` on the same frames and trace, and compares each with what the
-simulator predicts for the same run. Writes demo-report/.
+fewer splits, fewer profiled images), starts the real cloud service behind an emulated link whose
+trace has a fast phase (LTE) and a slow one (3G EV-DO), and for each device class runs the real
+edge runtime with the `auto` policy (ours), then `device` and `cloud` on the same frames and
+trace, and compares each with what the simulator predicts for the same run. On the weak board
+offloading pays; on the strong one keeping frames on the device (onloading) does, and the
+scheduler has to know which. Writes demo-report/.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "cellular-uplink" / "Verizon-EVDO-driving.up"
 POLICY_NAMES = {"auto": "dyno", "device": "device", "cloud": "cloud"}
+DEFAULT_DEVICES = ("pi-zero2", "rpi5")   # weak: offloading pays; strong: onloading does
+TRACE_PHASES = ("lte", "3g-evdo")        # link classes of the default trace's two halves
 
 
 def parse_args(argv=None):
@@ -34,9 +37,13 @@ def parse_args(argv=None):
                    "and no fresh build/fashion, a smaller build/fashion-fast)")
     p.add_argument("--source", default="zoo:fashion", help="model to convert when the bundle is missing")
     p.add_argument("--images", type=Path, help="frames from this folder (default: the test scenes)")
-    p.add_argument("--trace", help="Mahimahi or 'time_s mbit_s' trace (default: a shared cellular "
-                   "trace if present, else a synthetic drop and recovery)")
-    p.add_argument("--device", default="rpi4", help="device class the edge emulates")
+    p.add_argument("--trace", help="Mahimahi or 'time_s mbit_s' trace (default: the LTE then the 3G "
+                   "EV-DO link class, half a run each; recorded traces when ../shared/traces has "
+                   "them, else synthetic ones with the same statistics)")
+    p.add_argument("--devices", default=",".join(DEFAULT_DEVICES),
+                   help="device classes the edge emulates, comma-separated (default: "
+                        f"{','.join(DEFAULT_DEVICES)}; see `python -m scheduler.simulate --list-devices`)")
+    p.add_argument("--device", help="one device class (instead of --devices)")
     p.add_argument("--duration", type=float, help="seconds per live run")
     p.add_argument("--rtt-ms", type=float, default=40.0)
     p.add_argument("--max-splits", type=int, help=f"splits to convert (default {FULL_SPLITS}, "
@@ -58,34 +65,66 @@ def main(argv=None) -> int:
     try:
         choose_bundle(args)
         ensure_bundle(args, args.profile_limit)
-        trace, trace_name = load_trace(args.trace)
+        trace, trace_name = load_trace(args.trace, duration)
+        classes = device_classes(args)
     except (RuntimeError, ValueError, OSError) as e:
-        print(f"demo: error: {e}", file=sys.stderr)
+        print(f"demo: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     from demo.link import open_link
 
     args.out.mkdir(parents=True, exist_ok=True)
+    results = []
     with open_link(trace, args.rtt_ms, prefer_netns=not args.no_netns) as link:
         print(f"demo: link = {link.kind}; trace {trace_name}, {trace.mean_bps / 1e6:.2f} Mbit/s mean; "
-              f"RTT {args.rtt_ms:.0f} ms; device class {args.device} (real head times padded to it)")
+              f"RTT {args.rtt_ms:.0f} ms; device classes {', '.join(classes)} (real head times "
+              f"padded to each)")
         server = start_cloud(args.bundle, link)
         try:
             frames = load_frames(args)
-            runs = {}
-            for policy in ("auto", "device", "cloud"):
-                runs[policy] = live_run(args, link, server["url"], policy, frames, duration)
+            for device in classes:
+                runs = {policy: live_run(args, link, server["url"], policy, frames, duration, device)
+                        for policy in ("auto", "device", "cloud")}
+                results.append((device, runs))
         finally:
             stop_cloud(server)
-    sims = {p: simulate(args, trace, p, duration) for p in runs}
-    report = build_report(args, runs, sims, link.kind, trace_name, duration, time.monotonic() - t_start)
+    class_reports = []
+    for device, runs in results:
+        sims = {p: simulate(args, trace, p, duration, device) for p in runs}
+        class_reports.append(class_report(device, runs, sims))
+        plot_timeline(runs["auto"], trace, args.out / f"timeline-{device}.png", args, device)
+    shutil.copy(args.out / f"timeline-{classes[0]}.png", args.out / "timeline.png")
+    report = build_report(args, class_reports, link.kind, trace_name, duration,
+                          time.monotonic() - t_start)
     print_table(report)
-    plot_timeline(runs["auto"], trace, args.out / "timeline.png", args)
     if (args.bundle / "pareto.png").exists():
         shutil.copy(args.bundle / "pareto.png", args.out / "pareto.png")
     (args.out / "summary.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"demo: wrote {args.out}/summary.json, timeline.png, pareto.png "
+    print(f"demo: wrote {args.out}/summary.json, timeline-<class>.png, pareto.png "
           f"in {time.monotonic() - t_start:.0f} s")
     return 0
+
+
+def device_classes(args) -> list[str]:
+    """The classes to run, each one slower than this host (a live run can only slow the board
+    down to a class's speed, not speed it up)."""
+    from scheduler import devices
+    from scheduler.bundle import load_bundle
+
+    names = [args.device] if args.device else [n.strip() for n in args.devices.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--devices names no device class")
+    bundle = load_bundle(args.bundle)
+    usable = []
+    for name in names:
+        factor = bundle.device_factor(devices.device_class(name))
+        if factor < 1.0 and name != "this-machine":
+            print(f"demo: skipping {name}: it is {1 / factor:.1f}x faster than this host, which "
+                  f"cannot run as fast as it (pick a slower class)", file=sys.stderr)
+            continue
+        usable.append(name)
+    if not usable:
+        raise ValueError(f"every device class in {names} is faster than this host")
+    return usable
 
 
 # ---------------------------------------------------------------- steps
@@ -188,15 +227,19 @@ def _has_tflite_tails(bundle: Path) -> bool:
         return False
 
 
-def load_trace(spec: str | None):
-    from scheduler.traces import from_rates, read_trace
+def load_trace(spec: str | None, duration: float):
+    """The user's trace, or a fast phase then a slow one, half a run each."""
+    from scheduler.links import link_trace
+    from scheduler.traces import phases, read_trace
 
     if spec:
         return read_trace(Path(spec)), Path(spec).name
-    if DEFAULT_TRACE.exists():
-        return read_trace(DEFAULT_TRACE), DEFAULT_TRACE.name
-    # No shared traces: a built-in cellular-like run with a drop and a recovery.
-    return from_rates("synthetic-drop", [0, 15, 25, 35], [1.2, 0.15, 0.6, 1.5], 60.0), "synthetic drop+recovery"
+    parts, origins = [], []
+    for name in TRACE_PHASES:
+        trace, origin = link_trace(name, duration_s=max(60.0, duration))
+        parts.append((trace, duration / 2))
+        origins.append(f"{name} ({origin.split(' /')[0] if origin.startswith('recording') else origin})")
+    return phases("+".join(TRACE_PHASES), parts), " then ".join(origins)
 
 
 def start_cloud(bundle: Path, link) -> dict:
@@ -252,15 +295,15 @@ def load_frames(args):
             for i, (img, l) in enumerate(zip(images, labels))]
 
 
-def live_run(args, link, url: str, policy: str, frames, duration: float) -> dict:
+def live_run(args, link, url: str, policy: str, frames, duration: float, device: str) -> dict:
     from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, summarize
 
-    config = EdgeConfig(policy=policy, device_class=args.device, max_drop_pp=1.0,
+    config = EdgeConfig(policy=policy, device_class=device, max_drop_pp=1.0,
                         objective="throughput")
     rt = EdgeRuntime(args.bundle, url, config, before_send=link.before_send)
     rows, lock = [], threading.Lock()
     stop = threading.Event()
-    name = POLICY_NAMES[policy]
+    name = f"{device}/{POLICY_NAMES[policy]}"
 
     def stream():
         i = 0
@@ -281,11 +324,11 @@ def live_run(args, link, url: str, policy: str, frames, duration: float) -> dict
                 new, done = rows[last:], list(rows)
                 last = len(rows)
             if not new:
-                print(f"  [{name:6s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s  (waiting)")
+                print(f"  [{name:15s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s  (waiting)")
                 continue
             acc = [r["correct"] for r in done if r["correct"] is not None]
             r = new[-1]
-            print(f"  [{name:6s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s "
+            print(f"  [{name:15s}] t={link.elapsed_s():5.1f}s link {link.rate_mbps():5.2f} Mbit/s "
                   f"est {r['est_mbps']:5.2f}  {len(new):3d} fps  {r['split'][:22]:22s} "
                   f"{r.get('encoding', '-'):>11s} {np.mean([x['bytes'] for x in new]):7.0f} B  "
                   f"{np.mean([x['latency_ms'] for x in new]):6.0f} ms  acc {np.mean(acc) if acc else 0:.3f}")
@@ -304,7 +347,7 @@ def live_run(args, link, url: str, policy: str, frames, duration: float) -> dict
     return {"summary": summary, "rows": sorted(rows, key=lambda r: r["frame"])}
 
 
-def simulate(args, trace, policy: str, duration: float) -> dict:
+def simulate(args, trace, policy: str, duration: float, device: str) -> dict:
     from scheduler import devices
     from scheduler.bundle import load_bundle
     from scheduler.core import Objective, Slo
@@ -313,7 +356,7 @@ def simulate(args, trace, policy: str, duration: float) -> dict:
 
     bundle = load_bundle(args.bundle)
     # The live cloud is this machine's CPU, so the simulator is told so.
-    table = bundle.table(bundle.device_factor(devices.device_class(args.device)),
+    table = bundle.table(bundle.device_factor(devices.device_class(device)),
                          devices.cloud_class("cpu"))
     sim_policy = {"auto": "dyno", "device": "device", "cloud": "cloud"}[policy]
     params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4)
@@ -322,46 +365,54 @@ def simulate(args, trace, policy: str, duration: float) -> dict:
     return res.summary
 
 
-def build_report(args, runs, sims, link_kind, trace_name, duration, total_s) -> dict:
+def class_report(device: str, runs: dict, sims: dict) -> dict:
+    """One device class: each policy live and simulated, and dyno against the fixed ones."""
     rows = {}
     for policy, run in runs.items():
-        live = run["summary"]
-        sim = sims[policy]
+        live, sim = run["summary"], sims[policy]
         rows[POLICY_NAMES[policy]] = {
-            "live": live,
-            "simulated": sim,
+            "live": live, "simulated": sim,
             "live_over_simulated_throughput": (live["throughput_fps"] / sim["throughput_fps"]
-                                               if sim.get("throughput_fps") else None),
-        }
-    dyno, dev, cloud = (rows[n]["live"] for n in ("dyno", "device", "cloud"))
-    return {
-        "link": link_kind, "trace": trace_name, "duration_s_per_run": duration,
-        "device_class": args.device, "rtt_ms": args.rtt_ms, "bundle": str(args.bundle),
-        "policies": rows,
-        "dyno_over_device_throughput": dyno["throughput_fps"] / dev["throughput_fps"],
-        "dyno_over_cloud_throughput": dyno["throughput_fps"] / cloud["throughput_fps"],
-        "bytes_cloud_over_dyno": (cloud["bytes_per_frame"] / dyno["bytes_per_frame"]
-                                  if dyno["bytes_per_frame"] else None),
-        "total_s": round(total_s, 1),
-    }
+                                               if sim.get("throughput_fps") else None)}
+    fps = {k: v["live"]["throughput_fps"] for k, v in rows.items()}
+    best_fixed = max(("device", "cloud"), key=fps.get)
+    dyno_bytes, cloud_bytes = (rows[k]["live"]["bytes_per_frame"] for k in ("dyno", "cloud"))
+    return {"device_class": device, "policies": rows,
+            "dyno_over_device_throughput": fps["dyno"] / fps["device"],
+            "dyno_over_cloud_throughput": fps["dyno"] / fps["cloud"],
+            "best_fixed": best_fixed,
+            "dyno_over_best_fixed_throughput": fps["dyno"] / fps[best_fixed],
+            "bytes_cloud_over_dyno": cloud_bytes / dyno_bytes if dyno_bytes else None}
+
+
+def build_report(args, class_reports, link_kind, trace_name, duration, total_s) -> dict:
+    return {"link": link_kind, "trace": trace_name, "duration_s_per_run": duration,
+            "rtt_ms": args.rtt_ms, "bundle": str(args.bundle), "runs": class_reports,
+            "total_s": round(total_s, 1)}
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'policy':8s} {'fps live':>9s} {'fps sim':>8s} {'live/sim':>8s} {'lat ms':>7s} "
-          f"{'p95 ms':>7s} {'B/frame':>8s} {'accuracy':>8s} {'fallbk':>6s}")
-    for name, row in report["policies"].items():
-        live, sim = row["live"], row["simulated"]
-        ratio = row["live_over_simulated_throughput"]
-        acc = live["accuracy"]
-        print(f"{name:8s} {live['throughput_fps']:9.2f} {sim['throughput_fps']:8.2f} "
-              f"{ratio if ratio is not None else float('nan'):8.2f} {live['latency_ms_mean']:7.0f} "
-              f"{live['latency_ms_p95']:7.0f} {live['bytes_per_frame']:8.0f} "
-              f"{acc if acc is not None else float('nan'):8.3f} {live['fallbacks']:6d}")
-    print(f"dyno/device throughput {report['dyno_over_device_throughput']:.2f}x, "
-          f"dyno/cloud {report['dyno_over_cloud_throughput']:.2f}x\n")
+    print(f"\n{'class':10s} {'policy':8s} {'fps live':>9s} {'fps sim':>8s} {'live/sim':>8s} "
+          f"{'lat ms':>7s} {'p95 ms':>7s} {'B/frame':>8s} {'accuracy':>8s} {'fallbk':>6s}")
+    for run in report["runs"]:
+        for name, row in run["policies"].items():
+            live, sim = row["live"], row["simulated"]
+            ratio = row["live_over_simulated_throughput"]
+            acc = live["accuracy"]
+            print(f"{run['device_class']:10s} {name:8s} {live['throughput_fps']:9.2f} "
+                  f"{sim['throughput_fps']:8.2f} {ratio if ratio is not None else float('nan'):8.2f} "
+                  f"{live['latency_ms_mean']:7.0f} {live['latency_ms_p95']:7.0f} "
+                  f"{live['bytes_per_frame']:8.0f} {acc if acc is not None else float('nan'):8.3f} "
+                  f"{live['fallbacks']:6d}")
+    print()
+    for run in report["runs"]:
+        print(f"{run['device_class']:10s} dyno/device {run['dyno_over_device_throughput']:5.2f}x  "
+              f"dyno/cloud {run['dyno_over_cloud_throughput']:5.2f}x  dyno/best fixed "
+              f"({run['best_fixed']}) {run['dyno_over_best_fixed_throughput']:5.2f}x")
+    print()
 
 
-def plot_timeline(run: dict, trace, path: Path, args) -> None:
+def plot_timeline(run: dict, trace, path: Path, args, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,11 +433,23 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     axes[0].plot(t, [r["est_mbps"] for r in rows], color="tab:blue", lw=1, label="edge estimate")
     axes[0].set_ylabel("uplink Mbit/s")
     axes[0].legend(fontsize=8, loc="upper right")
-    sc = axes[1].scatter(t, depth, c=[r["bits"] or 0 for r in rows], cmap="plasma", s=6, vmin=0, vmax=32)
+    # bit widths 2..8 each get a colour; float16/32 payloads share the top one, device-only and
+    # JPEG frames (no bits) are grey
+    from matplotlib.colors import BoundaryNorm
+
+    bits = np.array([r["bits"] if isinstance(r["bits"], int) else -1 for r in rows])
+    packed = bits > 0
+    axes[1].scatter(t[~packed], depth[~packed], s=6, color="0.6", label="device-only / JPEG")
+    norm = BoundaryNorm(np.arange(1.5, 10.5, 1.0), 256)
+    sc = axes[1].scatter(t[packed], depth[packed], c=np.minimum(bits[packed], 9), cmap="viridis",
+                         norm=norm, s=6)
     axes[1].set_yticks([0, full_depth])
     axes[1].set_yticklabels(["cloud-only", "device-only"])
     axes[1].set_ylabel("split (depth)")
-    fig.colorbar(sc, ax=list(axes), label="bits (middle panel)", pad=0.01, fraction=0.03)
+    axes[1].legend(fontsize=8, loc="upper right")
+    bar = fig.colorbar(sc, ax=list(axes), label="bits (middle panel)", pad=0.01, fraction=0.03,
+                       ticks=range(2, 10))
+    bar.ax.set_yticklabels([str(b) for b in range(2, 9)] + ["16/32"])
     fb = np.array([r["fallback"] for r in rows], dtype=bool)
     axes[2].scatter(t[~fb], lat[~fb], s=4, color="tab:green", label="answered")
     if fb.any():
@@ -395,7 +458,7 @@ def plot_timeline(run: dict, trace, path: Path, args) -> None:
     axes[2].set_yscale("log")
     axes[2].set_xlabel("time since start of run (s)")
     axes[2].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"dyno live: split and bits follow the uplink ({args.device})")
+    fig.suptitle(f"dyno live: split and bits follow the uplink ({device})")
     fig.savefig(path)
     plt.close(fig)
 

@@ -34,25 +34,35 @@ from splitinfer.litert import default_num_threads, load_interpreter, run_once
 from splitinfer.reference import REFERENCE_INPUT_SHAPE, REFERENCE_NAME, reference_model_path
 
 REFERENCE = "reference"
-SLOWER_THAN_FULL = 1.05  # a prefix head above 105% of the full model is a timing artefact
+SLOWER_THAN_FULL = 1.05
+BLOCK = 5  # timed calls in a row per model and round  # a prefix head above 105% of the full model is a timing artefact
 
 
 def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
-                     seed: int = 0, progress: Callable[[int], None] | None = None
-                     ) -> dict[str, float]:
-    """Median milliseconds of each callable over `repeats` rounds, each round in a new order."""
+                     seed: int = 0, block: int = BLOCK,
+                     progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Median milliseconds of each callable over `repeats` timed calls, in rounds: each round
+    visits every callable once, in a new order, for one untimed call then `block` timed ones.
+
+    Rounds spread each model's samples over the whole run, so load that comes and goes hits all
+    models alike. Blocks keep one interpreter hot while it is timed: switching interpreters on
+    every call would time each against the previous one's thread pool, still spinning on the
+    other core."""
     for fn in runs.values():
         for _ in range(warmup):
             fn()
     names = list(runs)
     times: dict[str, list[float]] = {n: [] for n in names}
     rng = np.random.default_rng(seed)
-    for _ in range(repeats):
+    rounds = max(1, -(-repeats // block))
+    for _ in range(rounds):
         for k in rng.permutation(len(names)):
             fn = runs[names[k]]
-            t0 = time.perf_counter()
             fn()
-            times[names[k]].append(time.perf_counter() - t0)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[names[k]].append(time.perf_counter() - t0)
         if progress is not None:
             progress(1)
     return {n: float(np.median(v) * 1e3) for n, v in times.items()}
@@ -88,7 +98,7 @@ def profile_device(bundle: Path, *, device: str = "this-machine", num_threads: i
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=repeats, desc=f"timing {len(runs)} models", unit="round",
+            bar = tqdm(total=-(-repeats // BLOCK), desc=f"timing {len(runs)} models", unit="round",
                        dynamic_ncols=True)
         try:
             ms = time_interleaved(runs, repeats, progress=bar.update if bar else None)
@@ -111,7 +121,7 @@ def profile_device(bundle: Path, *, device: str = "this-machine", num_threads: i
         "reference": REFERENCE_NAME if host_reference_ms is not None else None,
         "host_reference_ms": host_reference_ms,
         "repeats": repeats,
-        "timing": "interleaved rounds, median",
+        "timing": f"rounds of {BLOCK} calls per model in a shuffled order, median",
         "warnings": warnings + ([ref_note] if ref_note else []),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

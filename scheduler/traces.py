@@ -181,6 +181,23 @@ def outage(mbps: float, start_s: float, end_s: float, duration_s: float) -> Trac
                       [mbps, 0.0, mbps], duration_s)
 
 
+def phases(name: str, parts: Sequence[tuple[Trace, float]]) -> Trace:
+    """One trace from consecutive phases: each (trace, seconds) contributes its first seconds
+    (repeating if it is shorter). For a link with fast and slow stretches."""
+    if not parts:
+        raise TraceError(f"{name}: need at least one phase")
+    times, offset = [], 0.0
+    for trace, seconds in parts:
+        if not seconds > 0:
+            raise TraceError(f"{name}: every phase needs a positive length, got {seconds}")
+        end = trace.index_at(seconds)
+        idx = np.arange(int(end))
+        t = trace.time_of(idx) * 1e3 if idx.size else np.empty(0)
+        times.append(offset + t[t < seconds * 1e3])
+        offset += seconds * 1e3
+    return Trace(name, np.concatenate(times), offset, parts[0][0].mss)
+
+
 @dataclass(frozen=True)
 class Transfer:
     start_s: float

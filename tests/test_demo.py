@@ -24,13 +24,20 @@ def test_demo_end_to_end(tiny_model_path, tmp_path):
     assert source_fingerprint(str(tiny_model_path)).endswith(
         hashlib.sha256(tiny_model_path.read_bytes()).hexdigest())
     report = json.loads((out / "summary.json").read_text())
-    assert set(report["policies"]) == {"dyno", "device", "cloud"}
-    for row in report["policies"].values():
-        live = row["live"]
-        assert live["frames"] > 0 and live["throughput_fps"] > 0
-        assert row["simulated"]["throughput_fps"] > 0
-    assert report["policies"]["cloud"]["live"]["where"]["cloud"] > 0
-    assert report["link"]
+    assert [run["device_class"] for run in report["runs"]] == ["pi-zero2", "rpi5"]
+    for run in report["runs"]:
+        assert set(run["policies"]) == {"dyno", "device", "cloud"}
+        for row in run["policies"].values():
+            live = row["live"]
+            assert live["frames"] > 0 and live["throughput_fps"] > 0
+            assert row["simulated"]["throughput_fps"] > 0
+        assert run["policies"]["cloud"]["live"]["where"]["cloud"] > 0
+        assert run["dyno_over_device_throughput"] > 0 and run["best_fixed"] in ("device", "cloud")
+        assert (out / f"timeline-{run['device_class']}.png").stat().st_size > 10_000
+    # the weak board is slower than the strong one, live as in the simulator
+    weak, strong = (run["policies"]["device"] for run in report["runs"])
+    assert weak["live"]["throughput_fps"] < strong["live"]["throughput_fps"]
+    assert report["link"] and " then " in report["trace"]
     assert (out / "timeline.png").stat().st_size > 10_000
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "t=" in r.stdout  # the live line per second

@@ -10,14 +10,16 @@ from edge_runtime.profile import cap_at_full, emulate, time_interleaved
 from scheduler import devices
 
 
-def test_time_interleaved_runs_each_callable_once_per_round_in_changing_orders():
+def test_time_interleaved_visits_every_callable_each_round_in_changing_orders():
     calls: list[str] = []
     runs = {n: (lambda n=n: calls.append(n)) for n in "abc"}
-    ms = time_interleaved(runs, repeats=8, warmup=1)
+    ms = time_interleaved(runs, repeats=16, warmup=1, block=2)
     assert set(ms) == set("abc") and all(v >= 0 for v in ms.values())
-    rounds = [tuple(calls[3 + 3 * r: 6 + 3 * r]) for r in range(8)]  # after 3 warm-up calls
-    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
-    assert len(set(rounds)) > 1
+    per_round = 3 * (1 + 2)                       # one untimed and two timed calls each
+    rounds = [calls[3 + per_round * r: 3 + per_round * (r + 1)] for r in range(8)]
+    assert len(calls) == 3 + 8 * per_round
+    assert all(sorted(set(r)) == ["a", "b", "c"] and r[0] == r[1] == r[2] for r in rounds)
+    assert len({tuple(r[::3]) for r in rounds}) > 1  # the order changes between rounds
 
 
 def test_a_prefix_head_slower_than_the_full_model_is_capped_and_reported():

@@ -159,3 +159,15 @@ def test_transfers_on_a_real_trace_are_fast_and_exact():
     for _ in range(20):
         t0, nb = float(rng.uniform(0, 1500)), int(rng.integers(1, 200_000))
         assert transfer(tr, t0, nb, 0.06).next_index - 1 == brute_force_last(tr, t0, nb, 0.06)
+
+
+def test_phases_join_the_first_seconds_of_each_trace():
+    from scheduler.traces import constant, phases
+
+    joined = phases("fast+slow", [(constant(10.0, 3.0), 5.0), (constant(1.0, 60.0), 5.0)])
+    assert joined.duration_s == pytest.approx(10.0)
+    rates = joined.rates_mbps(1.0)
+    assert rates[:5] == pytest.approx([10.0] * 5, rel=0.02)   # the 3-s trace repeats to fill 5 s
+    assert rates[5:10] == pytest.approx([1.0] * 5, rel=0.05)
+    with pytest.raises(TraceError, match="positive"):
+        phases("bad", [(constant(1.0), 0.0)])
