@@ -9,6 +9,7 @@ and a second answer for a frame is an error.
 """
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -237,7 +238,7 @@ class EdgeRuntime:
             t0 = self.clock()
             payload = encode_jpeg(frame.image, self.config.jpeg_quality)
             ms = self._pad((self.clock() - t0) * 1e3)
-            jobs.put(("image", frame, payload, d, start))
+            self._enqueue(jobs, ("image", frame, payload, d, start))
             return
         act, head_ms = self._device_run(self.pool, d.split, frame.image)
         t0 = self.clock()
@@ -252,7 +253,22 @@ class EdgeRuntime:
         pack_ms = self._pad((self.clock() - t0) * 1e3)
         with self._sched_lock:
             self.scheduler.observe_device(d.split, head_ms + pack_ms)
-        jobs.put(("activation", frame, payload, d, start))
+        self._enqueue(jobs, ("activation", frame, payload, d, start))
+
+    def _enqueue(self, jobs: queue.Queue, job: tuple) -> None:
+        """Hand an upload to the senders. While every in-flight slot stays taken for longer than
+        a local run takes (the link stalls), finish the frame on the device instead: the board
+        then loses at most that time to a stall, as the simulator models it."""
+        with self._sched_lock:
+            budget = self.scheduler.slot_wait_budget_s()
+        try:
+            jobs.put(job, timeout=budget if math.isfinite(budget) else None)
+        except queue.Full:
+            _, frame, _, decision, start = job
+            with self._sched_lock:
+                self.scheduler.observe_abandoned()
+            self._finish_on_device(frame, decision, start, 0,
+                                   f"no upload slot within {budget * 1e3:.0f} ms", fallback=False)
 
     def _sender(self, jobs: queue.Queue) -> None:
         while True:
@@ -332,11 +348,12 @@ class EdgeRuntime:
             if rtt_ms is not None:
                 self.scheduler.observe_rtt(self.clock(), rtt_ms)
 
-    def _finish_on_device(self, frame: Frame, decision, start: float, nbytes: int, why: str) -> None:
+    def _finish_on_device(self, frame: Frame, decision, start: float, nbytes: int, why: str,
+                          fallback: bool = True) -> None:
         probs, ms = self._device_run(self.fallback_pool, FULL, frame.image)
         self._answer(FrameResult(frame.index, FULL, None, nbytes, self._ms_since(start),
-                                 int(np.argmax(probs)), "device", True, frame.label, frame.name,
-                                 f"fallback: {why}"))
+                                 int(np.argmax(probs)), "device", fallback, frame.label, frame.name,
+                                 f"fallback: {why}" if fallback else f"relief: {why}"))
 
     def _observe_answer(self, kind: str, answer: CloudAnswer, nbytes: int) -> None:
         now = self.clock()

@@ -265,6 +265,15 @@ class Scheduler:
     def probe_started(self, now_s: float) -> None:
         self._probe_in_flight = True
 
+    def slot_wait_budget_s(self) -> float:
+        """How long a frame decided for offloading may wait for the in-flight limit before the
+        runtime finishes it on the device instead (then `observe_abandoned`): a local run's
+        time, so a link that stalls costs the device at most that, not the stall. Without
+        relief (fixed policies, Neurosurgeon) frames wait for their slot."""
+        if not self.p.relief:
+            return math.inf
+        return self._full_ms * float(self.device_scale.value or 1.0) / 1e3
+
     def upload_timeout_s(self, nbytes: float) -> float:
         """How long the runtime should wait for an upload before calling observe_failure."""
         st = self.state()

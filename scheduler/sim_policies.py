@@ -72,11 +72,15 @@ class StaticPolicy:
     def upload_timeout_s(self, nbytes: float) -> float:
         return math.inf
 
+    def slot_wait_budget_s(self) -> float:
+        return math.inf
+
     # what a live runtime would observe; a static policy ignores it
     def on_device(self, t: float, split: str, ms: float, bits: int | None) -> None: ...
     def on_answer(self, t: float, split: str, nbytes: float, upload_s: float, rtt_ms: float,
                   tail_ms: float, queue_ms: float) -> None: ...
     def on_failure(self, t: float) -> None: ...
+    def on_abandoned(self, t: float) -> None: ...
 
 
 class OnlinePolicy(StaticPolicy):
@@ -114,6 +118,12 @@ class OnlinePolicy(StaticPolicy):
 
     def upload_timeout_s(self, nbytes: float) -> float:
         return self.scheduler.upload_timeout_s(nbytes)
+
+    def slot_wait_budget_s(self) -> float:
+        return self.scheduler.slot_wait_budget_s()
+
+    def on_abandoned(self, t: float) -> None:
+        self.events.at(t, self.scheduler.observe_abandoned)
 
     def on_device(self, t: float, split: str, ms: float, bits: int | None) -> None:
         s = self.scheduler

@@ -195,7 +195,15 @@ class _Run:
             while self.in_flight and self.in_flight[0] <= t0:
                 heapq.heappop(self.in_flight)
             if len(self.in_flight) >= prm.pipeline_depth:
-                t0 = heapq.nsmallest(len(self.in_flight) - prm.pipeline_depth + 1, self.in_flight)[-1]
+                slot = heapq.nsmallest(len(self.in_flight) - prm.pipeline_depth + 1, self.in_flight)[-1]
+                budget = choice.slot_wait_budget_s()
+                if slot - t0 > budget:   # no slot in time: the runtime finishes it on the device
+                    choice.on_abandoned(t0 + budget)
+                    t0 += budget
+                    pick = replace(pick, config=full, relief=True)
+                    c = full
+                else:
+                    t0 = slot
                 t_arr = t_arr if arrival is not None else t0
         dev_ms = (c.head_ms + c.pack_ms) * self.noise()
         dev_done = self.device_free = t0 + dev_ms / 1e3

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from scheduler import devices
@@ -148,3 +149,17 @@ def test_a_profile_without_bounds_needs_the_point_estimate(capsys):
     assert main(["--bundle", str(FIXTURES), "--trace", "synthetic:const:5", "--frames", "10"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no confidence bounds" in err and "--drop-estimate point" in err
+
+
+def test_a_stalled_link_never_idles_the_device_longer_than_a_local_run(table):
+    """Frames waiting for an in-flight slot over a stall are finished on the device after the
+    scheduler's wait budget (one local run), so the device keeps working through the outage."""
+    trace = outage(8.0, 10.0, 30.0, 60.0)
+    res = simulate(table, trace, Policy.DYNO, THR, SLO,
+                   SimParams(frames=10 ** 6, duration_s=50.0, pipeline_depth=2))
+    tl = res.timeline
+    full_s = table.configs[table.full_index].head_ms / 1e3
+    # gaps after a failed upload are the fallback run itself (the device waits for the timeout)
+    gaps = [b.t_s - a.t_s for a, b in zip(tl, tl[1:]) if not a.failed]
+    assert max(gaps) < 3 * full_s
+    assert res.summary["relief_frames"] > 0
