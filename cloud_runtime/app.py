@@ -341,4 +341,8 @@ def _answer(svc: InferenceService, model: ServedModel, split: Split, bits: int |
         P.BATCH_SIZE: result.batch_size,
         "worker": os.getpid(),
     })
-    return jsonify(body)
+    load = svc.load.report()
+    body[P.LOAD] = load.as_json()
+    response = jsonify(body)
+    response.headers[P.LOAD_HEADER] = load.header()
+    return response

@@ -26,6 +26,7 @@ from cloud_runtime.batcher import (
 from cloud_runtime.buckets import assemble, bucket_for, bucket_sizes, unpad
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.errors import NotReady, Overloaded, TailFailed
+from cloud_runtime.load import LoadMeter
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.registry import ModelRegistry
 
@@ -50,6 +51,7 @@ class InferenceService:
         self._policy = BatchPolicy(config.max_batch, config.max_delay_s, config.max_queue,
                                    early=config.early_dispatch)
         self._tails = {t.key: t for t in registry.tails()}
+        self.load = LoadMeter(config.max_batch)
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -155,6 +157,17 @@ class InferenceService:
             raise Overloaded(f"overloaded: {e} for {tail.key}; retry after {retry} s", retry) from None
         except BatcherClosed as e:
             raise NotReady(str(e), retry) from None
+        self.load.admitted()
+        try:
+            result, decode_s = self._decode_and_run(batcher, decode, tail)
+        finally:
+            self.load.answered()
+        self.load.waited(result.queue_s)
+        return result, decode_s
+
+    def _decode_and_run(self, batcher: Batcher, decode: Callable[[], np.ndarray], tail: TailSpec
+                        ) -> tuple[Batched[np.ndarray], float]:
+        retry = self.config.retry_after_s
         t0 = time.perf_counter()
         try:
             x = decode()
@@ -180,6 +193,7 @@ class InferenceService:
             if b is None:
                 def on_batch(size: int, seconds: float, tail=tail) -> None:
                     self.metrics.observe_batch(tail.model, tail.split, size, seconds)
+                    self.load.batch(size, seconds)
 
                 b = Batcher(lambda xs, tail=tail: self._run_batch(tail, xs), self._policy,
                             name=f"batcher-{tail.key}", on_batch=on_batch)

@@ -363,6 +363,8 @@ class EdgeRuntime:
             if kind != "probe":
                 self.scheduler.observe_cloud(answer.split or INPUT_SPLIT, answer.server.get(P.TAIL_MS, 0.0),
                                              answer.server.get(P.QUEUE_MS, 0.0))
+                if "utilisation" in answer.load:
+                    self.scheduler.observe_cloud_load(answer.load["utilisation"])
 
     # ------------------------------------------------------------------ helpers
 

@@ -30,6 +30,7 @@ class CloudAnswer:
     split: str
     elapsed_s: float  # request sent to answer parsed, on the edge's clock
     server: dict[str, float] = field(default_factory=dict)  # decode/queue/tail/total ms, batch
+    load: dict[str, float] = field(default_factory=dict)    # the worker's load (FORMATS "load")
 
     @property
     def network_s(self) -> float:
@@ -198,6 +199,8 @@ class CloudClient:
                 split=str(data.get("split", "")),
                 elapsed_s=elapsed,
                 server={k: float(data[k]) for k in P.TIMING_FIELDS if k in data},
+                load=({k: float(v) for k, v in data[P.LOAD].items()
+                       if isinstance(v, (int, float))} if isinstance(data.get(P.LOAD), dict) else {}),
             )
         except (KeyError, IndexError, TypeError, ValueError) as e:
             raise CloudError("server", f"malformed answer from the cloud: {e}") from e

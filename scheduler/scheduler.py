@@ -61,6 +61,7 @@ class Decision:
 
 
 SLOT_WAIT_QUANTILE = 0.9
+MAX_CLOUD_LOAD = 0.95  # a saturated server is predicted 20x slower, not infinitely
 
 
 class Scheduler:
@@ -97,6 +98,7 @@ class Scheduler:
         self.queue = Ewma(a, 0.0)
         self.device_scale = Ewma(a, 1.0)
         self.cloud_scale = Ewma(a, 1.0)
+        self.cloud_load = Ewma(a, 0.0)       # the server's reported utilisation
         # device-only is the incumbent until something beats it by the margin; None: pick the
         # best at once (after a fallback ends)
         self._current: int | None = table.full_index
@@ -166,6 +168,13 @@ class Scheduler:
         if ref and ref > 0 and tail_ms > 0:
             self.cloud_scale.add(min(max(tail_ms / ref, 0.1), 10.0))
         self.queue.add(max(queue_ms, 0.0))
+
+    def observe_cloud_load(self, utilisation: float) -> None:
+        """The server's reported utilisation (0..1, FORMATS "load"). A busy server has less
+        left for this device: its tail stage is predicted 1 / (1 - utilisation) slower, so
+        cloud-heavy configurations lose to later splits and device-only before it saturates."""
+        if math.isfinite(utilisation):
+            self.cloud_load.add(min(max(utilisation, 0.0), 1.0))
 
     def observe_failure(self, now_s: float, probe: bool = False) -> None:
         """Cloud down, 5xx or timeout: go device-only and retry with exponential back-off."""
@@ -287,7 +296,8 @@ class Scheduler:
         return State(bandwidth_bps=bw, rtt_ms=float(self.rtt.value or 0.0),
                      queue_ms=float(self.queue.value or 0.0),
                      device_scale=float(self.device_scale.value or 1.0),
-                     cloud_scale=float(self.cloud_scale.value or 1.0),
+                     cloud_scale=float(self.cloud_scale.value or 1.0)
+                     / (1.0 - min(float(self.cloud_load.value or 0.0), MAX_CLOUD_LOAD)),
                      pipeline_depth=self.p.pipeline_depth,
                      mix_full_ms=(self._full_ms * float(self.device_scale.value or 1.0)
                                   if self.p.relief else 0.0))

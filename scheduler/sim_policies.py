@@ -78,7 +78,7 @@ class StaticPolicy:
     # what a live runtime would observe; a static policy ignores it
     def on_device(self, t: float, split: str, ms: float, bits: int | None) -> None: ...
     def on_answer(self, t: float, split: str, nbytes: float, upload_s: float, rtt_ms: float,
-                  tail_ms: float, queue_ms: float) -> None: ...
+                  tail_ms: float, queue_ms: float, load: float = 0.0) -> None: ...
     def on_failure(self, t: float) -> None: ...
     def on_abandoned(self, t: float) -> None: ...
 
@@ -131,10 +131,11 @@ class OnlinePolicy(StaticPolicy):
                        else (lambda: s.observe_device(split, ms, bits)))
 
     def on_answer(self, t: float, split: str, nbytes: float, upload_s: float, rtt_ms: float,
-                  tail_ms: float, queue_ms: float) -> None:
+                  tail_ms: float, queue_ms: float, load: float = 0.0) -> None:
         s = self.scheduler
         self.events.at(t, lambda: (s.observe_rtt(t, rtt_ms), s.observe_upload(t, nbytes, upload_s),
-                                   s.observe_cloud(split, tail_ms, queue_ms), s.observe_success(t)))
+                                   s.observe_cloud(split, tail_ms, queue_ms),
+                                   s.observe_cloud_load(load), s.observe_success(t)))
 
     def on_failure(self, t: float) -> None:
         self.events.at(t, lambda: self.scheduler.observe_failure(t))

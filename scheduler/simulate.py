@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+from collections import deque
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
@@ -46,6 +47,9 @@ from splitinfer.bundle.profile import DROP_ESTIMATES
 from splitinfer.errors import FormatError
 
 
+LOAD_WINDOW_S = 2.0  # as cloud_runtime.load.WINDOW_S
+
+
 class Policy(str, Enum):
     DEVICE = "device"               # full model on the device
     CLOUD = "cloud"                 # JPEG upload, full model in the cloud
@@ -67,6 +71,8 @@ class SimParams:
     rtt_ms: float = 60.0               # true round trip (cellular: 40-80 ms)
     rtt_jitter_ms: float = 5.0
     background_queue_ms: float = 0.0   # other tenants' queueing at the server
+    cloud_load: float = 0.0            # other tenants' share of the server (0..1): tails run
+                                       # 1 / (1 - load) slower, and answers report the load
     pipeline_depth: int = 6
     noise: float = 0.03                # lognormal sigma of device and cloud compute times
     cwnd0: int = 10
@@ -138,6 +144,7 @@ class _Run:
         self.records: list[FrameRecord] = []
         self.lat: list[float] = []
         self.dones: list[float] = []
+        self._busy: deque[tuple[float, float]] = deque()   # own tail work: (end, seconds)
         self.bytes: list[float] = []
         self.cloud_ms: list[float] = []
         self.drops: list[float] = []
@@ -217,13 +224,14 @@ class _Run:
             if up.ok:
                 arrive = up.end_s + self.rtt_s / 2
                 cstart = max(arrive, self.cloud_free)
-                tail = c.tail_ms * self.noise()
+                tail = c.tail_ms * self.noise() / (1.0 - min(prm.cloud_load, 0.99))
                 cloud_ms = c.unpack_ms + tail
                 self.cloud_free = cstart + cloud_ms / 1e3
                 r_ms = prm.rtt_ms + self.jitter()
                 done = self.cloud_free + self.background_s + r_ms / 2e3
                 choice.on_answer(done, c.split, c.bytes, up.end_s - up.start_s + r_ms / 1e3, r_ms,
-                                 tail, (cstart - arrive + self.background_s) * 1e3)
+                                 tail, (cstart - arrive + self.background_s) * 1e3,
+                                 self._utilisation(self.cloud_free, cloud_ms / 1e3))
             else:   # the upload outlasted the scheduler's timeout: the device finishes it
                 failed = True
                 self.failures += 1
@@ -248,6 +256,15 @@ class _Run:
                 len(self.lat) - 1, t0, done, latency, c.key, c.split, c.bits, c.where.value,
                 c.depth, c.bytes, cloud_ms, drop, pick.est_mbps, pick.fallback, failed,
                 pick.relief, pick.chosen_key or c.key))
+
+    def _utilisation(self, t: float, busy_s: float) -> float:
+        """What the server reports (cloud_runtime/load.py): others' share plus this device's
+        tail time over the last LOAD_WINDOW_S."""
+        self._busy.append((t, busy_s))
+        while self._busy and self._busy[0][0] < t - LOAD_WINDOW_S:
+            self._busy.popleft()
+        own = sum(b for _, b in self._busy) / LOAD_WINDOW_S
+        return min(1.0, self.prm.cloud_load + own)
 
     def summary(self) -> dict:
         prm, slo, sched = self.prm, self.slo, self.choice.scheduler

@@ -26,4 +26,8 @@ TOP_K = "top_k"  # [{"class": int, "score": float | None}, ...], best first
 RECEIVE_MS, DECODE_MS, QUEUE_MS, TAIL_MS, TOTAL_MS = ("receive_ms", "decode_ms", "queue_ms",
                                                       "tail_ms", "total_ms")
 BATCH_SIZE = "batch_size"
+# The worker's load with every answer (JSON object, and the same as one header): utilisation,
+# queue_ms, batch_occupancy, in_flight, window_s. See docs/FORMATS.md.
+LOAD = "load"
+LOAD_HEADER = "X-Splitinfer-Load"
 TIMING_FIELDS = (RECEIVE_MS, DECODE_MS, QUEUE_MS, TAIL_MS, TOTAL_MS, BATCH_SIZE)

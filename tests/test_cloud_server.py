@@ -272,6 +272,15 @@ def test_concurrent_requests_are_batched(eager, local):
     assert max(sizes) <= 8
     metrics = eager.session().get(eager.url + "/metrics").text
     assert 'splitinfer_batch_size_bucket{model="tiny",split="pw",le="8",pid="' in metrics
+    # every answer reports the worker's load; under 16 concurrent clients it shows
+    loads = [b["load"] for _, b in bodies]
+    assert all(set(ld) == {"utilisation", "queue_ms", "batch_occupancy", "in_flight", "window_s"}
+               for ld in loads)
+    assert max(ld["in_flight"] for ld in loads) >= 1
+    assert max(ld["utilisation"] for ld in loads) > 0
+    assert max(ld["batch_occupancy"] for ld in loads) > 1 / 8
+    header = answers[0][-1].headers["X-Splitinfer-Load"]
+    assert header.startswith("utilisation=") and "in_flight=" in header
 
 
 # ---- errors ----------------------------------------------------------------------------------
