@@ -160,3 +160,20 @@ def test_regime_map_refuses_unknown_classes(profiled_bundle, capsys):
 
     assert regimes.main(["--bundle", str(profiled_bundle[0]), "--devices", "nokia"]) == 2
     assert "unknown device class" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_fleet_sweep_quick(profiled_bundle, tmp_path, capsys):
+    from benchmarks import fleet
+
+    out = tmp_path / "fleet.json"
+    assert fleet.main(["--bundle", str(profiled_bundle[0]), "--devices", "32", "--seconds", "5",
+                       "--link", "wifi", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    sizes = sorted({p["devices"] for p in r["points"]})
+    assert sizes == [8, 16, 32]
+    for p in r["points"]:
+        assert {"devices", "policy", "fleet_fps", "cloud_ms_per_frame", "slo_attainment",
+                "drop_pp"} <= set(p)
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    assert "fleet sweep" in capsys.readouterr().out
