@@ -126,7 +126,9 @@ def file_sha256(path: Path) -> str:
 
 
 def _check_default(manifest: Manifest) -> None:
-    if manifest.model.name != "fashion":
+    from models.zoo import TRAINED
+
+    if manifest.model.name not in TRAINED:
         raise ValueError(
             f"Model {manifest.model.name!r} has no default data set: pass --data DIR with "
             "images (and a labels.csv of file,label rows for accuracy).")

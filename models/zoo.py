@@ -22,14 +22,16 @@ def _applications(name: str):
     return build
 
 
-def _fashion(input_shape):
-    from models import fashion
+def _trained(name: str):
+    def build(input_shape):
+        from models import fashion
 
-    if tuple(input_shape) != tuple(fashion.INPUT_SHAPE):
-        raise ValueError(
-            f"zoo:fashion is trained at {fashion.INPUT_SHAPE}. Received: input_shape={input_shape}."
-        )
-    return fashion.load_trained()
+        if tuple(input_shape) != tuple(fashion.INPUT_SHAPE):
+            raise ValueError(f"zoo:{name} is trained at {fashion.INPUT_SHAPE}. "
+                             f"Received: input_shape={input_shape}.")
+        return fashion.load_variant(name)
+
+    return build
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -37,8 +39,14 @@ ZOO: dict[str, ZooEntry] = {
     "resnet50": ZooEntry(_applications("ResNet50"), (224, 224, 3), "keras.applications ResNet50, untrained"),
     "inception_v3": ZooEntry(_applications("InceptionV3"), (299, 299, 3), "keras.applications InceptionV3, untrained"),
     "efficientnet_b0": ZooEntry(_applications("EfficientNetB0"), (224, 224, 3), "keras.applications EfficientNetB0, untrained"),
-    "fashion": ZooEntry(_fashion, (160, 160, 3), "the bundled default: MobileNetV2 trained on shelf-camera scenes"),
+    "fashion": ZooEntry(_trained("fashion"), (160, 160, 3),
+                        "the bundled default: MobileNetV2 trained on shelf-camera scenes"),
+    "fashion-inception": ZooEntry(_trained("fashion-inception"), (160, 160, 3),
+                                  "a heavy InceptionV3 trained on the same scenes"),
 }
+
+
+TRAINED = ("fashion", "fashion-inception")  # trained on models.scenes: they share its test data
 
 
 def build(name: str, input_shape: tuple[int, int, int] | None = None) -> Any:
@@ -51,7 +59,7 @@ def build(name: str, input_shape: tuple[int, int, int] | None = None) -> Any:
 
 def labels(name: str) -> tuple[str, ...]:
     """Class names for zoo models that have them (only the trained default does)."""
-    if name == "fashion":
+    if name in TRAINED:
         from models import fashion_mnist
 
         return tuple(fashion_mnist.CLASS_NAMES)
