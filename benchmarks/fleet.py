@@ -2,6 +2,7 @@
 the cloud, and what do dyno and dyno-onload need from it then?
 
     python -m benchmarks.fleet [--bundle build/fashion] [--devices 1000] [--json PATH]
+    python -m benchmarks.fleet --live 8 --seconds 30 [--json PATH]   (real processes: fleet_live.py)
 
 Sweeps the fleet size (doubling up to --devices) with every fleet policy on the same devices,
 links and cloud (scheduler/fleet.py), and reports, at the smallest size where cloud-only
@@ -96,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--camera-fps", type=float, default=30.0)
     ap.add_argument("--slo-ms", type=float, default=300.0)
+    ap.add_argument("--live", type=int, metavar="N",
+                    help="run N real edge processes against one real cloud instead of the sweep")
     ap.add_argument("--json", type=Path, default=RESULTS / "fleet.json")
     args = ap.parse_args(argv)
+    if args.live:
+        return live_main(args)
     problem = check_bundle(args.bundle, need_device=True)
     try:
         if problem:
@@ -144,6 +149,27 @@ def main(argv: list[str] | None = None) -> int:
     png = args.json.with_suffix(".png")
     plot(points, png, f"fleet {args.mix} on {args.link}, {args.replicas} replica(s)", saturated)
     print(f"wrote {args.json} and {png}")
+    return 0
+
+
+def live_main(args) -> int:
+    from benchmarks.fleet_live import print_live, run_live
+
+    problem = check_bundle(args.bundle, need_device=True)
+    try:
+        if problem:
+            raise ValueError(problem.splitlines()[0])
+        if args.live < 1:
+            raise ValueError(f"--live must be >= 1, got {args.live}")
+        result = run_live(args.bundle, args.live, args.seconds, parse_mix(args.mix), args.link)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print_live(result)
+    out = args.json if args.json != RESULTS / "fleet.json" else RESULTS / "fleet_live.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return 0
 
 

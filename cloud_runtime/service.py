@@ -134,6 +134,7 @@ class InferenceService:
             "backend_start_ms": _ms(self._backend_start_s),
             "ready_after_ms": _ms(self._ready_after_s),
             "start_error": self._error,
+            "current_load": self.load.report().as_json(),
             "loads": {k: {"load_ms": round(r.load_ms, 2), "warmup_ms": round(r.warmup_ms, 2),
                           "lazy": r.lazy} for k, r in self.loads.items()},
         }

@@ -84,6 +84,7 @@ class FleetParams:
     estimate_lag_s: float = 1.0      # the bandwidth estimate's time constant
     cloud: str = "gpu"
     seed: int = 0
+    offsets_s: tuple[float, ...] = ()  # each device's start in its trace (default: random)
 
 
 def parse_mix(spec: str) -> tuple[tuple[str, float], ...]:
@@ -162,7 +163,8 @@ def _rates(traces: list[Trace], params: FleetParams, rng: np.random.Generator
     out = np.empty((params.devices, ticks))
     for d in range(params.devices):
         series = per_trace[which[d]]
-        start = int(rng.integers(0, len(series)))
+        start = (int(round(params.offsets_s[d] / params.tick_s)) if params.offsets_s
+                 else int(rng.integers(0, len(series))))
         out[d] = series[(start + np.arange(ticks)) % len(series)]
     return out, which.tolist()
 

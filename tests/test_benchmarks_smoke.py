@@ -177,3 +177,17 @@ def test_fleet_sweep_quick(profiled_bundle, tmp_path, capsys):
                 "drop_pp"} <= set(p)
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert "fleet sweep" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_live_fleet_answers_every_frame_once(profiled_bundle, tmp_path):
+    from benchmarks import fleet
+
+    out = tmp_path / "live.json"
+    assert fleet.main(["--bundle", str(profiled_bundle[0]), "--live", "2", "--seconds", "4",
+                       "--mix", "rpi4:1", "--link", "wifi", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["devices"] == 2 and len(r["per_device"]) == 2
+    assert r["no_frame_lost_or_duplicated"] is True
+    assert r["fleet_fps_live"] > 0 and r["fleet_fps_sim"] > 0 and r["live_over_sim"] > 0
+    assert all(d["frames"] > 0 for d in r["per_device"])
