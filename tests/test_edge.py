@@ -79,6 +79,8 @@ def test_fixed_split_goes_through_the_cloud_and_agrees_with_the_device(profiled_
     assert all(r.where == "split" and r.split == "res_add" and r.bytes > 0 for r in remote)
     assert np.mean([a == b.top1 for a, b in zip(local, remote)]) >= 0.95
     assert all("tail_ms" in r.server for r in remote)
+    # the server's load reached the scheduler with every answer (FORMATS "load")
+    assert rt.scheduler.inner.cloud_load.n >= len(remote)
 
 
 def test_cloud_killed_and_restarted_mid_stream_loses_no_frame(profiled_bundle, cloud):
