@@ -36,8 +36,7 @@ class SchedulerParams:
     timeout_min_s: float = 1.0             # an upload is failed after max(this, k * predicted)
     timeout_factor: float = 4.0
     scale_alpha: float = 0.2               # EWMA weight for device/cloud/queue/RTT samples
-    relief: bool = True                    # run frames locally while the uplink is backlogged
-    relief_uploads: float = 1.0            # ...by more than a local run costs + this many uploads
+    relief: bool = True                    # run frames whole when the device would idle (below)
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,13 @@ class Scheduler:
     Fallback: `observe_failure` sends every frame to the device and schedules retries with
     exponential back-off (`probe_due`); `observe_success` onloads again.
 
-    Device relief (params.relief): the scheduler keeps a prediction of when the uplink drains
-    (from its own offload decisions and the bandwidth estimate). While the chosen configuration
-    offloads and that backlog exceeds what a local run would cost the device (full_ms - head_ms)
-    plus one upload (for objectives without throughput: while running locally would finish
-    sooner), a frame is
-    run whole on the device instead. The chosen configuration does not change (no switch is
-    counted); the model credits these frames in its throughput prediction (core.py).
+    Device relief (params.relief): a frame the chosen configuration would offload runs whole on
+    the device instead when the device would otherwise idle: at the in-flight limit, when the
+    next slot is expected later than a local run costs beyond the head (`_slot_wait_s`); and,
+    for objectives without throughput, while the predicted uplink backlog (from its own offload
+    decisions and the bandwidth estimate) means a local run would finish sooner. The chosen
+    configuration does not change (no switch is counted); the model credits these frames in its
+    throughput prediction (core.py).
     """
 
     def __init__(self, table: ConfigTable, objective: Objective, slo: Slo,
@@ -327,10 +326,11 @@ class Scheduler:
             # in-flight limit: run the frame whole only if the device would otherwise idle at
             # least as long as that costs it beyond the head
             relieve = self._slot_wait_s(now_s) > full_s - dev_s
-        elif wait <= 0:
+        elif wait <= 0 or self._thr_objective:
+            # For throughput a backlog below the in-flight limit costs latency, not frames: it
+            # drains when the link recovers, and a local run would only take the device from
+            # frames the link will carry (relieving on it cost 9% of the frames on Wi-Fi dips)
             relieve = False
-        elif self._thr_objective:     # keep about one upload queued so the link never idles
-            relieve = wait > full_s - dev_s + self.p.relief_uploads * up_s
         else:
             done_off = head_done + wait + up_s + (st.rtt_ms + st.queue_ms + d.cloud_ms) / 1e3
             relieve = now_s + full_s < done_off
