@@ -76,7 +76,7 @@ def run_cell(bundle_path: str, model: str, device: str, link: str, duration_s: f
     """Every policy on one (model, device, link) cell."""
     b = _bundle(bundle_path)
     dev, lk = devices.device_class(device), link_class(link)
-    table = b.table(b.device_factor(dev), devices.cloud_class("gpu"))
+    table = b.table_for(dev, devices.cloud_class("gpu"))
     raw = raw_input_table(table, math.prod(b.manifest.input_shape))
     trace, origin = link_trace(lk, duration_s=max(600.0, duration_s), seed=seed)
     depth = (depth_for(table, trace.mean_bps, lk.rtt_ms, MAX_DROP_PP) if depth_rule == "bdp"

@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     cells, t0 = [], time.perf_counter()
     for dev_name in args.devices:
         dev = devices.device_class(dev_name)
-        table = bundle.table(bundle.device_factor(dev), cloud)
+        table = bundle.table_for(dev, cloud)
         for tr in trs:
             cell = run_cell(table, tr, params)
             cell["device"] = dev_name
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     pick = next((t for t in trs if t.name == args.timeline_trace), trs[0])
     dev = devices.device_class(args.devices[-1])
     png = RESULTS / "scheduler_timeline.png"
-    plot_timeline(bundle.table(bundle.device_factor(dev), cloud), pick,
+    plot_timeline(bundle.table_for(dev, cloud), pick,
                   SimParams(frames=10 ** 7, duration_s=min(args.duration_s, pick.duration_s)),
                   png, f"dyno on {pick.name}, {dev.name}, objective max throughput, drop <= "
                        f"{MAX_DROP_PP} pp{' (TEST FIXTURES)' if fallback else ''}")

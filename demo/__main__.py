@@ -356,8 +356,7 @@ def simulate(args, trace, policy: str, duration: float, device: str) -> dict:
 
     bundle = load_bundle(args.bundle)
     # The live cloud is this machine's CPU, so the simulator is told so.
-    table = bundle.table(bundle.device_factor(devices.device_class(device)),
-                         devices.cloud_class("cpu"))
+    table = bundle.table_for(devices.device_class(device), devices.cloud_class("cpu"))
     sim_policy = {"auto": "dyno", "device": "device", "cloud": "cloud"}[policy]
     params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4)
     res = run_sim(table, trace, sim_policy, Objective.single("throughput"), Slo(max_drop_pp=1.0), params,

@@ -19,16 +19,17 @@ from splitinfer.bundle.profile import PROFILE_FILE, load_manifest_info
 
 
 def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
-                    ) -> tuple[Scheduler, float, dict[str, float]]:
-    """The scheduler for `config` (an EdgeConfig), the device slow-down factor it assumes, and
-    the emulated board's time per head (`board_head_ms`)."""
+                    ) -> tuple[Scheduler, tuple[float, float], dict[str, float]]:
+    """The scheduler for `config` (an EdgeConfig), the device slow-down factors it assumes (heads;
+    single-threaded work such as packing), and the emulated board's time per head
+    (`board_head_ms`)."""
     board_class = devices.device_class(config.device_class or "this-machine")
     if config.policy == "device" and not (Path(bundle) / PROFILE_FILE).is_file():
         return _device_only(Path(bundle), config, board_class)  # unprofiled: still runs
     b = load_bundle(bundle, drop_estimate=config.drop_estimate)
-    factor = b.device_factor(board_class)
+    factor, serial = b.device_factor(board_class), b.serial_factor(board_class)
     board = board_head_ms(b, factor)
-    table = b.table(factor, None)  # the real cloud is measured online, not a class
+    table = b.table(factor, None, serial)  # the real cloud is measured online, not a class
     excluded = set(exclude)
     if config.policy == "device":
         table = table.select(lambda c: False)
@@ -47,13 +48,13 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
     slo = Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp)
     if config.policy == "auto":
         params = SchedulerParams(pipeline_depth=config.pipeline_depth)
-        return Scheduler(table, Objective.parse(config.objective), slo, params), factor, board
+        return Scheduler(table, Objective.parse(config.objective), slo, params), (factor, serial), board
     params = SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False)
     inner = Scheduler(table, Objective.parse(config.objective), slo, params)
     if config.policy == "device":
-        return inner, factor, board
+        return inner, (factor, serial), board
     pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
-    return PinnedScheduler(inner, pinned, config.policy), factor, board
+    return PinnedScheduler(inner, pinned, config.policy), (factor, serial), board
 
 
 def _device_only(bundle: Path, config: Any, board_class: devices.DeviceClass
@@ -65,12 +66,13 @@ def _device_only(bundle: Path, config: Any, board_class: devices.DeviceClass
               device_profile_from_flops(load_manifest_info(bundle / MANIFEST_FILE),
                                         devices.THIS_MACHINE_FLOPS_PER_S))
     factor = board_class.factor(device.host_reference_ms)
+    serial = board_class.serial_factor(device.host_reference_1t_ms, device.host_reference_ms)
     only = Config(split=FULL, bits=None, where=Where.DEVICE, head_ms=device.full_ms * factor,
                   pack_ms=0.0, bytes=0.0, unpack_ms=0.0, tail_ms=0.0, drop_pp=0.0)
     scheduler = Scheduler(ConfigTable.build([only]), Objective.parse(config.objective),
                           Slo(max_latency_ms=config.slo_ms, max_drop_pp=config.max_drop_pp),
                           SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False))
-    return scheduler, factor, {}
+    return scheduler, (factor, serial), {}
 
 
 def board_head_ms(b: Bundle, factor: float) -> dict[str, float]:

@@ -33,7 +33,7 @@ from splitinfer.errors import BundleError
 from splitinfer.litert import default_num_threads, load_interpreter, run_once
 from splitinfer.reference import REFERENCE_INPUT_SHAPE, REFERENCE_NAME, reference_model_path
 
-REFERENCE = "reference"
+REFERENCE, REFERENCE_1T = "reference", "reference-1-thread"
 SLOWER_THAN_FULL = 1.05
 BLOCK = 5  # timed calls in a row per model and round  # a prefix head above 105% of the full model is a timing artefact
 
@@ -89,11 +89,15 @@ def profile_device(bundle: Path, *, device: str = "this-machine", num_threads: i
     names = [s.name for s in manifest.splits if s.head]
     ref_interpreter, ref_note = _reference_interpreter(threads, required=bool(reference),
                                                        wanted=reference is not False)
+    ref_1t = (_reference_interpreter(1, required=False, wanted=True)[0]
+              if ref_interpreter is not None and threads > 1 else None)
     with HeadPool(bundle, manifest, names, num_threads=threads) as pool:
         runs: dict[str, Callable[[], object]] = {n: (lambda n=n: pool.run(n, frame)) for n in names + [FULL]}
         if ref_interpreter is not None:
             x = np.random.default_rng(1).random(REFERENCE_INPUT_SHAPE, dtype=np.float32)
             runs[REFERENCE] = lambda: run_once(ref_interpreter, x)
+            if ref_1t is not None:   # single-threaded work (packing, JPEG) scales by this one
+                runs[REFERENCE_1T] = lambda: run_once(ref_1t, x)
         bar = None
         if progress:
             from tqdm import tqdm
@@ -108,6 +112,7 @@ def profile_device(bundle: Path, *, device: str = "this-machine", num_threads: i
         info = pool.info
     full_ms = ms.pop(FULL)
     host_reference_ms = ms.pop(REFERENCE, None)
+    host_reference_1t_ms = ms.pop(REFERENCE_1T, host_reference_ms if threads == 1 else None)
     heads_ms, warnings = cap_at_full(ms, full_ms)
     profile = {
         "version": DEVICE_PROFILE_VERSION,
@@ -120,6 +125,7 @@ def profile_device(bundle: Path, *, device: str = "this-machine", num_threads: i
         "heads_ms": {"input": 0.0, **heads_ms},
         "reference": REFERENCE_NAME if host_reference_ms is not None else None,
         "host_reference_ms": host_reference_ms,
+        "host_reference_1t_ms": host_reference_1t_ms,
         "repeats": repeats,
         "timing": f"rounds of {BLOCK} calls per model in a shuffled order, median",
         "warnings": warnings + ([ref_note] if ref_note else []),

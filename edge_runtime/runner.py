@@ -137,8 +137,8 @@ class EdgeRuntime:
         self.pool = HeadPool(self.bundle, self.manifest, heads, num_threads=config.num_threads,
                              max_heads=config.max_heads,
                              priority=useful_heads(self.manifest, self.profile, config.max_drop_pp))
-        self.scheduler, self.device_factor, self._board_head_ms = build_scheduler(
-            self.bundle, config, self.pool.dropped)
+        self.scheduler, (self.device_factor, self.serial_factor), self._board_head_ms = \
+            build_scheduler(self.bundle, config, self.pool.dropped)
         # A second interpreter of the full model for finishing frames from the sender threads.
         self.fallback_pool = HeadPool(self.bundle, self.manifest, [], num_threads=config.num_threads)
         self.client = None
@@ -160,7 +160,7 @@ class EdgeRuntime:
         return {"runtime": info.package, "delegate": info.delegate, "num_threads": info.num_threads,
                 "heads_loaded": len(self.pool.loaded), "heads_dropped": self.pool.dropped,
                 "device_class": self.config.device_class or "this-machine",
-                "device_factor": self.device_factor}
+                "device_factor": self.device_factor, "serial_factor": self.serial_factor}
 
     def run(self, frames: Iterable[Frame], on_result: Callable[[FrameResult], None] | None = None) -> list[FrameResult]:
         """Process every frame; returns the results in frame order (each frame exactly once)."""
@@ -237,7 +237,7 @@ class EdgeRuntime:
         if where == "cloud":
             t0 = self.clock()
             payload = encode_jpeg(frame.image, self.config.jpeg_quality)
-            ms = self._pad((self.clock() - t0) * 1e3)
+            ms = self._pad((self.clock() - t0) * 1e3, self.serial_factor)
             self._enqueue(jobs, ("image", frame, payload, d, start))
             return
         act, head_ms = self._device_run(self.pool, d.split, frame.image)
@@ -250,7 +250,7 @@ class EdgeRuntime:
         # would be a tenth of a late split's payload.
         payload = codec.pack(act, d.bits, model_sha256=self.manifest.model.sha256,
                                split_index=split.index, **variant)
-        pack_ms = self._pad((self.clock() - t0) * 1e3)
+        pack_ms = self._pad((self.clock() - t0) * 1e3, self.serial_factor)
         with self._sched_lock:
             self.scheduler.observe_device(d.split, head_ms + pack_ms)
         self._enqueue(jobs, ("activation", frame, payload, d, start))
@@ -386,11 +386,14 @@ class EdgeRuntime:
                 time.sleep((board - measured) / 1e3)
             return out, max(board, measured)
 
-    def _pad(self, measured_ms: float) -> float:
-        extra = measured_ms * (self.device_factor - 1.0)
+    def _pad(self, measured_ms: float, factor: float | None = None) -> float:
+        """Sleep so a run measured here takes as long as on the board (`factor`: the head
+        factor by default, the single-thread one for packing and JPEG encoding)."""
+        factor = self.device_factor if factor is None else factor
+        extra = measured_ms * (factor - 1.0)
         if extra > 0:
             time.sleep(extra / 1e3)
-        return measured_ms * max(self.device_factor, 1.0)
+        return measured_ms * max(factor, 1.0)
 
     def _timeout_s(self, nbytes: int, start: float) -> float:
         """Bounded by the latency SLO: leave time to finish the frame on the device."""

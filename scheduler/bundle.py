@@ -54,16 +54,17 @@ def _head_ms(split: str, device: DeviceProfile, manifest: ManifestInfo | None) -
 
 
 def build_configs(profile: Profile, device: DeviceProfile, *, device_factor: float = 1.0,
-                  cloud: CloudClass | None = None,
-                  manifest: ManifestInfo | None = None) -> tuple[Config, ...]:
+                  cloud: CloudClass | None = None, manifest: ManifestInfo | None = None,
+                  serial_factor: float | None = None) -> tuple[Config, ...]:
     """Device-only, cloud-only JPEG and every profiled (split, bits), scaled to the classes.
 
-    Device-side costs (head, pack, JPEG encode) are multiplied by `device_factor`; tails by the
-    cloud class (with its floor). Unpack and JPEG decode run on the cloud's CPU and stay as
-    profiled.
+    Heads are multiplied by `device_factor`; single-threaded device work (pack, JPEG encode) by
+    `serial_factor` (default: `device_factor`); tails by the cloud class (with its floor).
+    Unpack and JPEG decode run on the cloud's CPU and stay as profiled.
     """
-    if device_factor <= 0:
-        raise ValueError(f"device_factor must be > 0, got {device_factor}")
+    serial_factor = device_factor if serial_factor is None else serial_factor
+    if device_factor <= 0 or serial_factor <= 0:
+        raise ValueError(f"device factors must be > 0, got {device_factor}, {serial_factor}")
 
     def cloud_tail(ms: float) -> float:
         return ms if cloud is None else max(cloud.floor_ms, ms * cloud.factor_for(profile.tail_backend))
@@ -79,7 +80,7 @@ def build_configs(profile: Profile, device: DeviceProfile, *, device_factor: flo
     j = profile.jpeg
     configs.append(Config(
         split=INPUT_SPLIT, bits=None, where=Where.CLOUD, head_ms=0.0,
-        pack_ms=(j.encode_ms if j.encode_ms is not None else DEFAULT_JPEG_ENCODE_MS) * device_factor,
+        pack_ms=(j.encode_ms if j.encode_ms is not None else DEFAULT_JPEG_ENCODE_MS) * serial_factor,
         bytes=j.bytes_mean,
         unpack_ms=j.decode_ms if j.decode_ms is not None else DEFAULT_JPEG_DECODE_MS,
         tail_ms=cloud_tail(_tail_ms(INPUT_SPLIT, profile, manifest)), drop_pp=j.drop_pp, depth=0))
@@ -89,7 +90,7 @@ def build_configs(profile: Profile, device: DeviceProfile, *, device_factor: flo
         configs.append(Config(
             split=c.split, bits=c.bits, where=Where.SPLIT,
             head_ms=_head_ms(c.split, device, manifest) * device_factor,
-            pack_ms=c.pack_ms * device_factor, bytes=c.bytes_mean, unpack_ms=c.unpack_ms,
+            pack_ms=c.pack_ms * serial_factor, bytes=c.bytes_mean, unpack_ms=c.unpack_ms,
             tail_ms=cloud_tail(_tail_ms(c.split, profile, manifest)), drop_pp=c.drop_pp,
             depth=order.get(c.split, 0)))
     return tuple(configs)
@@ -111,10 +112,19 @@ class Bundle:
         the profile's own reference timing cancels the host's speed)."""
         return device.factor(self.device.host_reference_ms)
 
-    def table(self, device_factor: float, cloud: CloudClass | None) -> ConfigTable:
+    def serial_factor(self, device: DeviceClass) -> float:
+        """The same for single-threaded work (packing, JPEG encoding): one core on both sides."""
+        return device.serial_factor(self.device.host_reference_1t_ms, self.device.host_reference_ms)
+
+    def table(self, device_factor: float, cloud: CloudClass | None,
+              serial_factor: float | None = None) -> ConfigTable:
         return ConfigTable.build(build_configs(self.profile, self.device,
                                                device_factor=device_factor, cloud=cloud,
-                                               manifest=self.manifest))
+                                               manifest=self.manifest, serial_factor=serial_factor))
+
+    def table_for(self, device: DeviceClass, cloud: CloudClass | None) -> ConfigTable:
+        """The configurations as `device` would run them against `cloud`."""
+        return self.table(self.device_factor(device), cloud, self.serial_factor(device))
 
 
 def load_bundle(directory: Path, profile: Path | None = None,

@@ -57,6 +57,7 @@ class DeviceClass:
     reference_ms: float | None    # MobileNetV2 1.0 224 float32 on the board; None: the host itself
     source: str
     resnet50_ms: float | None = None  # the same source's ResNet-50, LiteRT-anchored (documentation)
+    reference_1t_ms: float | None = None  # the reference on one core: scales single-threaded work
 
     def factor(self, host_reference_ms: float | None) -> float:
         """Board time / host time, given the reference timed on the host with the heads."""
@@ -69,6 +70,16 @@ class DeviceClass:
                 f"edge_runtime.profile BUNDLE` to measure it")
         return self.reference_ms / host_reference_ms
 
+    def serial_factor(self, host_reference_1t_ms: float | None,
+                      host_reference_ms: float | None) -> float:
+        """Board time / host time for single-threaded work (packing, JPEG encoding): the
+        reference on one core on both sides. Falls back to `factor` when either is unknown."""
+        if self.reference_ms is None:
+            return 1.0
+        if self.reference_1t_ms is None or not (host_reference_1t_ms or 0) > 0:
+            return self.factor(host_reference_ms)
+        return self.reference_1t_ms / host_reference_1t_ms
+
 
 # --- Edge devices -------------------------------------------------------------------------------
 
@@ -78,13 +89,13 @@ LITERT_PER_NCNN = XNNPACK_RPI4_MOBILENET_V2_MS / NCNN_RPI4_MOBILENET_V2_MS
 
 
 def _ncnn(name: str, description: str, section: str, threads: int, mobilenet_v2_ms: float,
-          resnet50_ms: float, note: str = "") -> DeviceClass:
+          resnet50_ms: float, mobilenet_v2_1t_ms: float, note: str = "") -> DeviceClass:
     return DeviceClass(
         name, description, round(mobilenet_v2_ms * LITERT_PER_NCNN, 2),
         f"ncnn benchmark README, \"{section}\", {threads} threads: mobilenet_v2 {mobilenet_v2_ms} ms "
-        f"(resnet50 {resnet50_ms} ms) x {XNNPACK_RPI4_MOBILENET_V2_MS}/{NCNN_RPI4_MOBILENET_V2_MS} "
-        f"(XNNPACK README Pi 4 anchor){note}",
-        round(resnet50_ms * LITERT_PER_NCNN, 1))
+        f"(resnet50 {resnet50_ms} ms; 1 thread: mobilenet_v2 {mobilenet_v2_1t_ms} ms) x "
+        f"{XNNPACK_RPI4_MOBILENET_V2_MS}/{NCNN_RPI4_MOBILENET_V2_MS} (XNNPACK README Pi 4 anchor){note}",
+        round(resnet50_ms * LITERT_PER_NCNN, 1), round(mobilenet_v2_1t_ms * LITERT_PER_NCNN, 2))
 
 
 DEVICES: dict[str, DeviceClass] = {
@@ -93,30 +104,30 @@ DEVICES: dict[str, DeviceClass] = {
         DeviceClass("this-machine", "the host itself (no scaling)", None, "identity"),
         _ncnn("pi-zero2", "Raspberry Pi Zero 2 W class (4x Cortex-A53 @ 1.0 GHz)",
               "Raspberry Pi Zero 2 W Broadcom BCM2710A1, Cortex-A53 (ARMv8) (1.0GHz x 4)", 4,
-              147.39, 782.63),
+              147.39, 782.63, 274.23),
         _ncnn("pi3", "Raspberry Pi 3 Model B+ class (4x Cortex-A53 @ 1.4 GHz)",
               "Raspberry Pi 3 Model B+ Broadcom BCM2837B0, Cortex-A53 (ARMv8) (1.4GHz x 4)", 4,
-              111.68, 587.42),
+              111.68, 587.42, 158.80),
         _ncnn("phone-low", "low-end phone class (Snapdragon 410, 4x Cortex-A53 @ 1.2 GHz)",
-              "Qualcomm MSM8916 Snapdragon 410 (Cortex-A53 1.2GHz x 4)", 4, 82.00, 393.71),
+              "Qualcomm MSM8916 Snapdragon 410 (Cortex-A53 1.2GHz x 4)", 4, 82.00, 393.71, 169.06),
         _ncnn("rpi4", "Raspberry Pi 4 class board (4x Cortex-A72)",
               "Raspberry Pi 4 Model B Broadcom BCM2711B0, Cortex-A72 (ARMv8) (1.8GHz x 4)", 4,
-              61.88, 262.83, "; the anchor itself, 44 ms"),
+              61.88, 262.83, 93.48, "; the anchor itself, 44 ms"),
         _ncnn("phone-mid", "mid-range phone class (Snapdragon 660, 8x Kryo 260)",
               "Qualcomm SDM660 Snapdragon 660 (Kyro260 2.2GHz x 4 + Kyro260 1.84GHz x 4 + "
-              "Adreno 512)", 8, 34.54, 266.59),
+              "Adreno 512)", 8, 34.54, 266.59, 76.38),
         _ncnn("jetson-nano", "NVIDIA Jetson Nano, CPU only (4x Cortex-A57)", "NVIDIA Jetson Nano",
-              4, 33.83, 204.08),
+              4, 33.83, 204.08, 93.99),
         _ncnn("rpi5", "Raspberry Pi 5 class board (4x Cortex-A76 @ 2.4 GHz)",
-              "Raspberry Pi 5 Broadcom BCM2712, Cortex-A76 (ARMv8) (2.4GHz x 4)", 4, 10.52, 46.21,
+              "Raspberry Pi 5 Broadcom BCM2712, Cortex-A76 (ARMv8) (2.4GHz x 4)", 4, 10.52, 46.21, 16.38,
               "; 5.9x a Pi 4 here, against the 2-3x Raspberry Pi Ltd announced: a TFLite "
               "cross-check (github.com/aallan/benchmarking-ml-on-the-edge) measured 4.8x"),
         _ncnn("xavier", "NVIDIA Jetson AGX Xavier, CPU only (8x Carmel @ 2.2 GHz; DynO's client)",
               "NVIDIA Jetson AGX Xavier (Carmel 2.2 GHz x 8 + Volta Tensor Cores 64)", 8,
-              8.78, 29.41),
+              8.78, 29.41, 24.68),
         _ncnn("phone-high", "high-end phone class (Snapdragon 855+)",
               "Qualcomm SM8150-AC Snapdragon 855+ (Kyro485 2.96 GHz + 2.42 GHz x 3 + 1.80 GHz x 4 "
-              "+ Adreno 640)", 4, 4.68, 26.24),
+              "+ Adreno 640)", 4, 4.68, 26.24, 9.84),
     )
 }
 

@@ -133,7 +133,7 @@ class _Group:
 
 
 def _group(name: str, members: np.ndarray, bundle: Bundle, cloud, policy: str) -> _Group:
-    table: ConfigTable = bundle.table(bundle.device_factor(devices.device_class(name)), cloud)
+    table: ConfigTable = bundle.table_for(devices.device_class(name), cloud)
     n = len(table.configs)
     if policy == "device":
         allowed = np.array([c.where is Where.DEVICE for c in table.configs])

@@ -397,7 +397,7 @@ def run_cli(argv: list[str] | None = None) -> int:
               f"(x {factor:.2f} over {devices.THIS_MACHINE_FLOPS_PER_S:.3g} FLOP/s)", file=sys.stderr)
     trace = parse_trace(args.trace)
     slo = Slo(args.slo_ms, args.max_drop_pp, args.max_bytes, args.min_fps)
-    res = simulate(bundle.table(factor, cloud), trace, policy, Objective.parse(args.objective),
+    res = simulate(bundle.table_for(dev, cloud), trace, policy, Objective.parse(args.objective),
                    slo, SimParams(frames=args.frames, fps=args.fps, duration_s=args.duration_s,
                                   start_s=args.start_s, rtt_ms=args.rtt_ms, seed=args.seed,
                                   pipeline_depth=args.pipeline_depth),

@@ -51,6 +51,7 @@ def test_profile_cli_emulates_a_class_and_ends_with_one_json_line(profiled_bundl
     assert out["full_ms_emulated"] == pytest.approx(out["full_ms"] * 44.0 / out["host_reference_ms"])
     written = json.loads((bundle / "device-this-machine.json").read_text())
     assert written["version"] == 2 and written["host_reference_ms"] == out["host_reference_ms"]
+    assert written["host_reference_1t_ms"] == written["host_reference_ms"]   # --threads 1
     assert not (bundle / "device-rpi4.json").exists()  # the host was measured, not a Pi
 
 

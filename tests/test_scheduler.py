@@ -39,7 +39,7 @@ rates = st.floats(min_value=1e3, max_value=1e9, allow_nan=False, allow_infinity=
 
 def fixture_table(device: str = "rpi4", cloud: str = "gpu") -> ConfigTable:
     b = load_bundle(FIXTURES, drop_estimate="point")
-    return b.table(b.device_factor(devices.device_class(device)), devices.cloud_class(cloud))
+    return b.table_for(devices.device_class(device), devices.cloud_class(cloud))
 
 
 def feed(s: Scheduler, t0: float, t1: float, mbps: float, nbytes: float = 20_000,
@@ -573,3 +573,20 @@ def test_after_a_fallback_only_a_gain_beyond_the_margin_leaves_device_only():
     s.observe_failure(t)
     s.observe_success(t + 0.1)
     assert s.decide(t + 0.2).where is Where.DEVICE
+
+
+def test_single_threaded_work_scales_by_the_one_core_reference():
+    """Packing and JPEG encoding run on one core on the board: they scale by the reference on
+    one thread on both sides; heads by the multi-threaded one."""
+    pi = devices.device_class("pi-zero2")
+    assert pi.reference_1t_ms > pi.reference_ms          # one core is slower than four
+    assert pi.serial_factor(8.0, 5.0) == pytest.approx(pi.reference_1t_ms / 8.0)
+    assert pi.serial_factor(None, 5.0) == pytest.approx(pi.factor(5.0))   # older profiles
+    assert devices.device_class("this-machine").serial_factor(None, None) == 1.0
+    b = load_bundle(FIXTURES, drop_estimate="point")
+    table = b.table_for(pi, devices.cloud_class("gpu"))
+    plain = b.table(b.device_factor(pi), devices.cloud_class("gpu"))
+    ratio = b.serial_factor(pi) / b.device_factor(pi)
+    for c, p in zip(table.configs, plain.configs):
+        assert c.head_ms == pytest.approx(p.head_ms)
+        assert c.pack_ms == pytest.approx(p.pack_ms * ratio)

@@ -25,7 +25,7 @@ SLO = Slo(max_drop_pp=1.0)
 @pytest.fixture(scope="module")
 def table():
     b = load_bundle(FIXTURES, drop_estimate="point")
-    return b.table(b.device_factor(devices.device_class("rpi4")), devices.cloud_class("gpu"))
+    return b.table_for(devices.device_class("rpi4"), devices.cloud_class("gpu"))
 
 
 def run(table, trace, policy, frames=1500, objective=THR, slo=SLO, **kw):

@@ -23,6 +23,7 @@ class DeviceProfile:
     # the reference model (splitinfer/reference.py) timed in the same run and thread count:
     # what turns these times into an emulated board's; None when it was not measured
     host_reference_ms: float | None = None
+    host_reference_1t_ms: float | None = None  # ...on one thread: scales single-threaded work
 
 
 def load_device_profile(path: Path) -> DeviceProfile:
@@ -30,13 +31,14 @@ def load_device_profile(path: Path) -> DeviceProfile:
     data = read_json(path, "device profile", fix)
     check_version(data, READABLE_VERSIONS, path, fix)
     try:
-        ref = data.get("host_reference_ms")
+        ref, ref1 = data.get("host_reference_ms"), data.get("host_reference_1t_ms")
         return DeviceProfile(device=str(data.get("device", "?")),
                              num_threads=int(data.get("num_threads", 0)),
                              full_ms=float(field(data, "full_ms", path)),
                              heads_ms={str(k): float(v) for k, v in
                                        field(data, "heads_ms", path).items()},
-                             host_reference_ms=float(ref) if ref is not None else None)
+                             host_reference_ms=float(ref) if ref is not None else None,
+                             host_reference_1t_ms=float(ref1) if ref1 is not None else None)
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{path}: malformed device profile ({e!r}); {fix}") from None
 
@@ -52,4 +54,5 @@ def device_profile_from_flops(manifest: ManifestInfo, flops_per_s: float) -> Dev
              if s.name != INPUT_SPLIT}
     return DeviceProfile(device=f"estimated-from-flops@{flops_per_s:.3g}", num_threads=0,
                          full_ms=1e3 * manifest.full_flops / flops_per_s, heads_ms=heads,
-                         host_reference_ms=1e3 * REFERENCE_FLOPS / flops_per_s)
+                         host_reference_ms=1e3 * REFERENCE_FLOPS / flops_per_s,
+                         host_reference_1t_ms=1e3 * REFERENCE_FLOPS / flops_per_s)
