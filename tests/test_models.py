@@ -277,3 +277,51 @@ def test_shipped_weights_reach_reported_accuracy_on_fixed_subset():
     top1 = float((p.argmax(1) == y).mean())
     reported = fashion.metadata()["test_subset_top1"]
     assert abs(top1 - reported) <= 0.01, (top1, reported)
+
+
+# ---------------------------------------------------------------- the heavy model
+
+
+def test_heavy_model_ships_with_its_training_record():
+    import hashlib
+
+    from models import fashion
+
+    meta = fashion.metadata(fashion.HERE / fashion.VARIANTS["fashion-inception"])
+    weights = fashion.HERE / meta["weights"]
+    assert weights.name.endswith(".weights16.npz") and meta["weights_dtype"] == "float16"
+    assert weights.stat().st_size <= 60e6
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == meta["weights_sha256"]
+    assert meta["arch"] == "inception_v3" and meta["name"] == "fashion-inception"
+    assert meta["input_shape"] == [160, 160, 3] and meta["labels"] == list(fashion_mnist.CLASS_NAMES)
+    assert meta["test_n"] == 10000 and meta["test_top1"] >= 0.80
+    for key in ("training_time_s", "training_images", "command", "config", "versions", "log"):
+        assert key in meta, key
+
+
+def test_heavy_model_builds_flat_and_loads_its_float16_weights():
+    import keras
+
+    from models import fashion, zoo
+
+    model = zoo.build("fashion-inception")
+    assert model.input_shape == (None, 160, 160, 3) and model.output_shape == (None, 10)
+    assert not [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert model.count_params() > 20e6            # the heavy one: InceptionV3
+    with pytest.raises(ValueError, match="another architecture"):
+        fashion.load_weights(fashion.build_model(alpha=0.75),
+                             fashion.HERE / fashion.metadata(
+                                 fashion.HERE / "fashion_inception.json")["weights"])
+
+
+@needs_data
+@pytest.mark.slow
+def test_heavy_weights_reach_their_recorded_accuracy_on_the_fixed_subset():
+    from models import fashion
+
+    model = fashion.load_variant("fashion-inception")
+    x, y = scenes.make_scenes("test", np.arange(scenes.TEST_SUBSET))
+    p = model.predict(x.astype(np.float32), batch_size=50, verbose=0)
+    top1 = float((p.argmax(1) == y).mean())
+    reported = fashion.metadata(fashion.HERE / "fashion_inception.json")["test_subset_top1"]
+    assert abs(top1 - reported) <= 0.01, (top1, reported)
