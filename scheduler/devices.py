@@ -188,11 +188,6 @@ def emulated() -> list[DeviceClass]:
                   key=lambda d: -d.reference_ms)
 
 
-def slowest_device() -> str:
-    """The slowest class: results on it are not flattered by a fast board."""
-    return emulated()[0].name
-
-
 DEFAULT_DEVICE = "rpi4"  # the default `--device`: the board the project is most often run on
 
 
