@@ -175,7 +175,7 @@ def _register_views(app: Flask) -> None:
         return jsonify(
             models=[{**m.describe(), "device": device} for m in svc.registry.models],
             device=device, device_info=svc.backend.device_info(), backend=svc.backend.name,
-            backend_chosen_because=svc.backend.chosen_because,
+            backend_chosen_because=svc.backend.chosen_because, engine=svc.backend.engine,
             load=cfg.load, ready=svc.is_ready(), pid=os.getpid(),
             batching={"max_batch": cfg.max_batch, "max_delay_ms": cfg.max_delay_ms,
                       "max_queue": cfg.max_queue, "buckets": list(svc.buckets)},
@@ -186,7 +186,7 @@ def _register_views(app: Flask) -> None:
     def metrics():
         svc = _service()
         info = (f'# TYPE splitinfer_backend_info gauge\nsplitinfer_backend_info{{backend="{svc.backend.name}",'
-                f'device="{svc.backend.device}",pid="{os.getpid()}"}} 1\n')
+                f'device="{svc.backend.device}",engine="{svc.backend.engine}",pid="{os.getpid()}"}} 1\n')
         return Response(svc.metrics.render() + info, content_type=CONTENT_TYPE)
 
     @app.post(P.PROBE)
@@ -341,7 +341,9 @@ def _answer(svc: InferenceService, model: ServedModel, split: Split, bits: int |
         P.BATCH_SIZE: result.batch_size,
         "worker": os.getpid(),
     })
-    load = svc.load.report()
+    if result.replica is not None:
+        body["replica"] = result.replica
+    load = svc.load_report()
     body[P.LOAD] = load.as_json()
     response = jsonify(body)
     response.headers[P.LOAD_HEADER] = load.header()

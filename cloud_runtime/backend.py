@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cloud_runtime.load import LoadReport
+
 
 @dataclass(frozen=True)
 class TailSpec:
@@ -36,11 +38,30 @@ class LoadTiming:
     warmup_s: float  # first call (tracing), batch 1
 
 
+@dataclass(frozen=True)
+class RemoteRun:
+    """One input's answer from a backend that batches across callers itself (Ray Serve)."""
+
+    value: np.ndarray
+    queue_s: float  # from arrival at the replica to the start of its batch
+    run_s: float  # the batch's duration
+    batch_size: int
+    batch_id: str  # shared by the inputs of one batch, so each batch is counted once
+    replica: str  # which replica ran it: "<node id prefix>:<pid>"
+    load: LoadReport | None = None  # the load of the replica that ran it, as it answered
+
+
 class TailBackend(abc.ABC):
-    """Runs tails on float32 batches. Thread-safe: batchers of different tails call it at once."""
+    """Runs tails on float32 batches. Thread-safe: batchers of different tails call it at once.
+
+    A backend that batches across callers itself (`batches_itself`, e.g. replicas behind Ray
+    Serve) gets single inputs through `run_one` instead, and the service keeps no batcher.
+    """
 
     name = "abstract"
     chosen_because = "given"  # why this backend serves (`choose_backend`), for /v1/models and logs
+    engine = "in-process"  # where tails run: in this worker, or "ray" replicas
+    batches_itself = False
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -61,6 +82,14 @@ class TailBackend(abc.ABC):
     @abc.abstractmethod
     def run(self, tail: TailSpec, batch: np.ndarray) -> np.ndarray:
         """(B, *input_shape) float32 -> (B, *output_shape); B is one of the bucket sizes."""
+
+    def run_one(self, tail: TailSpec, x: np.ndarray, timeout_s: float) -> RemoteRun:
+        """One (*input_shape) input -> its output; only where `batches_itself`.
+        Raises TimeoutError when no answer came within `timeout_s`."""
+        raise NotImplementedError(f"{type(self).__name__} batches in the service: call run()")
+
+    def unload(self, tail: TailSpec) -> None:
+        """Forget `tail` (a replica evicting it for another); reloading it must work."""
 
     def device_info(self) -> dict:
         """Extra facts about the device for /v1/models (GPU name, framework version)."""
@@ -101,17 +130,17 @@ def choose_backend(name: str, tails: list[TailSpec], gpu: bool | None = None) ->
     return "litert", "auto: no GPU, every tail has a TFLite form"
 
 
-def make_backend(name: str, tails: list[TailSpec] = ()) -> TailBackend:
+def make_backend(name: str, tails: list[TailSpec] = (), num_threads: int | None = None) -> TailBackend:
     """The backend named in the config (`choose_backend`); its framework is imported in the
-    worker, by `start`."""
+    worker, by `start`. `num_threads=None` uses every core the process may."""
     chosen, why = choose_backend(name, list(tails))
     if chosen == "litert":
         from cloud_runtime.litert_backend import LiteRTTailBackend
 
-        backend: TailBackend = LiteRTTailBackend()
+        backend: TailBackend = LiteRTTailBackend(num_threads)
     else:
         from cloud_runtime.tf_backend import KerasTailBackend
 
-        backend = KerasTailBackend()
+        backend = KerasTailBackend(num_threads)
     backend.chosen_because = why
     return backend

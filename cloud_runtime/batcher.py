@@ -70,6 +70,7 @@ class Batched(Generic[R]):
     queue_s: float  # from enqueue to the start of its batch
     run_s: float  # the batch function's duration (shared by the batch)
     batch_size: int
+    replica: str | None = None  # which replica ran it, where another process batches (Ray)
 
 
 # --------------------------------------------------------------------------------------------

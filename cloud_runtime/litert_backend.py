@@ -105,6 +105,9 @@ class LiteRTTailBackend(TailBackend):
                     slot.interpreter.get_signature_runner(tail.tflite_signature)
             return np.array(run_tail(runner, x))  # a copy: the interpreter reuses its buffers
 
+    def unload(self, tail: TailSpec) -> None:
+        self._loaded.discard(tail.key)  # its interpreters are shared with the file's other tails
+
     def close(self) -> None:
         self._slots.clear()
         self._loaded.clear()

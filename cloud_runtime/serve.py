@@ -1,4 +1,5 @@
-"""`python -m cloud_runtime`: check the bundles, then serve them with gunicorn (gthread workers).
+"""`python -m cloud_runtime`: check the bundles, then serve them with gunicorn (gthread workers)
+or, with `--engine ray`, on Ray Serve (`cloud_runtime.ray_engine`), with the same HTTP API.
 
 The master process never imports TensorFlow: the app (and with it the backend) is created in
 each worker after the fork. Workers share nothing, so the tier scales out behind any balancer.
@@ -20,6 +21,7 @@ from cloud_runtime.config import (
     token_warning,
 )
 from cloud_runtime.connection import forget_request, remember_request
+from cloud_runtime.ray_engine import PROXY_LOCATIONS, RayOptions
 from splitinfer.bundle.manifest import BundleError
 
 PROG = "python -m cloud_runtime"
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog=PROG, description="Serve Keras tails of split-inference bundles over HTTP.")
     p.add_argument("--bundle", action="append", required=True, metavar="DIR",
                    help="bundle directory from python -m converter (repeat to serve several models)")
+    p.add_argument("--engine", choices=("gunicorn", "ray"), default="gunicorn",
+                   help="gunicorn (default): one machine; ray: Ray Serve replicas, on this machine "
+                        "or a cluster (--ray-address)")
     p.add_argument("--host", default=d.host)
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--workers", type=int, default=d.workers,
@@ -71,7 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="testing only: enable POST /v1/_faults to make inference answer 5xx or "
                         "hang on purpose (see cloud_runtime/faults.py); never in production")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    ray = p.add_argument_group("--engine ray", "with --workers as the number of HTTP ingress replicas")
+    r = RayOptions()
+    ray.add_argument("--replicas", type=int, default=r.replicas,
+                     help="tail replicas (fixed; see --min/--max-replicas to autoscale)")
+    ray.add_argument("--ray-address", default=None, metavar="ADDR",
+                     help="join a running cluster (ray start --head prints it; 'auto' finds a local "
+                          "one); default: start a Ray instance here, stopped with the server")
+    ray.add_argument("--min-replicas", type=int, default=None, help="autoscale from this many")
+    ray.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many")
+    ray.add_argument("--target-ongoing-requests", type=float, default=r.target_ongoing_requests,
+                     help="autoscaling aims at this many requests in flight per replica")
+    ray.add_argument("--max-models-per-replica", type=int, default=r.max_models_per_replica,
+                     help="tails one replica holds at once; Ray routes a tail to replicas holding it")
+    ray.add_argument("--cpus-per-replica", type=float, default=r.cpus_per_replica,
+                     help="CPUs Ray reserves per tail replica, also its tail threads")
+    ray.add_argument("--proxy-location", choices=tuple(PROXY_LOCATIONS), default=r.proxy_location,
+                     help="HTTP proxies on every node (default) or on the head only")
     return p
+
+
+def ray_options_from_args(args: argparse.Namespace) -> RayOptions:
+    options = RayOptions(
+        replicas=args.replicas, address=args.ray_address, min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
+        max_models_per_replica=args.max_models_per_replica, cpus_per_replica=args.cpus_per_replica,
+        proxy_location=args.proxy_location)
+    options.check()
+    return options
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -166,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        ray_options = ray_options_from_args(args) if args.engine == "ray" else None
         check_bundles(config)
     except (ConfigError, BundleError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
@@ -180,5 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     warning = token_warning(config)
     if warning is not None:
         log.warning(warning)
+    if ray_options is not None:
+        from cloud_runtime.ray_engine import serve_forever
+
+        return serve_forever(config, ray_options, args.log_level)
     _gunicorn_app(config, args.log_level).run()
     return 0

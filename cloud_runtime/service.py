@@ -6,15 +6,17 @@ while TensorFlow imports, and gunicorn's worker timeout never sees a long start.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from cloud_runtime.backend import TailBackend, TailSpec
+from cloud_runtime.backend import RemoteRun, TailBackend, TailSpec
 from cloud_runtime.batcher import (
     Batched,
     Batcher,
@@ -26,11 +28,12 @@ from cloud_runtime.batcher import (
 from cloud_runtime.buckets import assemble, bucket_for, bucket_sizes, unpad
 from cloud_runtime.config import ServerConfig
 from cloud_runtime.errors import NotReady, Overloaded, TailFailed
-from cloud_runtime.load import LoadMeter
+from cloud_runtime.load import LoadMeter, LoadReport
 from cloud_runtime.metrics import ServerMetrics
 from cloud_runtime.registry import ModelRegistry
 
 log = logging.getLogger("cloud_runtime")
+SEEN_BATCHES = 4096  # remote batch ids remembered, so each batch is counted once in /metrics
 
 
 @dataclass
@@ -53,6 +56,9 @@ class InferenceService:
         self._tails = {t.key: t for t in registry.tails()}
         self.load = LoadMeter(config.max_batch)
         self._batchers: dict[str, Batcher] = {}
+        self._in_flight: dict[str, int] = {}  # per tail, where the backend batches itself
+        self._seen_batches: OrderedDict[str, None] = OrderedDict()
+        self._remote_load: LoadReport | None = None
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._error: str | None = None
@@ -129,12 +135,13 @@ class InferenceService:
             "load": self.config.load,
             "device": self.backend.device,
             "backend": self.backend.name,
+            "engine": self.backend.engine,
             "tails_loaded": len(self.loads),
             "tails_total": len(self._tails),
             "backend_start_ms": _ms(self._backend_start_s),
             "ready_after_ms": _ms(self._ready_after_s),
             "start_error": self._error,
-            "current_load": self.load.report().as_json(),
+            "current_load": self.load_report().as_json(),
             "loads": {k: {"load_ms": round(r.load_ms, 2), "warmup_ms": round(r.warmup_ms, 2),
                           "lazy": r.lazy} for k, r in self.loads.items()},
         }
@@ -151,6 +158,8 @@ class InferenceService:
         if not self.is_ready():
             why = self._error or "tails are still loading"
             raise NotReady(f"worker not ready: {why}; retry shortly or check GET /readyz", retry)
+        if self.backend.batches_itself:
+            return self._infer_remote(tail, decode)
         batcher = self._batcher(tail)
         try:
             batcher.announce()
@@ -165,6 +174,56 @@ class InferenceService:
             self.load.answered()
         self.load.waited(result.queue_s)
         return result, decode_s
+
+    def load_report(self) -> LoadReport:
+        """This worker's load; where replicas batch, the last replica's, with the requests this
+        worker has in flight (which cover every replica)."""
+        own = self.load.report()
+        remote = self._remote_load
+        return own if remote is None else dataclasses.replace(remote, in_flight=own.in_flight)
+
+    def _infer_remote(self, tail: TailSpec, decode: Callable[[], np.ndarray]
+                      ) -> tuple[Batched[np.ndarray], float]:
+        """Decode here, batch in the backend's replicas; `max_queue` bounds each tail's requests
+        in flight from this worker, like the batcher's queue."""
+        retry = self.config.retry_after_s
+        with self._lock:
+            n = self._in_flight.get(tail.key, 0)
+            if n >= self.config.max_queue + self.config.max_batch:
+                raise Overloaded(f"overloaded: {n} requests in flight for {tail.key}; retry after "
+                                 f"{retry} s", retry)
+            self._in_flight[tail.key] = n + 1
+        self.load.admitted()
+        try:
+            t0 = time.perf_counter()
+            x = decode()
+            decode_s = time.perf_counter() - t0
+            try:
+                ran = self.backend.run_one(tail, x, self.config.request_timeout_s)
+            except TimeoutError:
+                raise Overloaded(f"overloaded: no answer for {tail.key} within "
+                                 f"{self.config.request_timeout_s:g} s; retry after {retry} s", retry) from None
+            except Exception as e:
+                log.error("tail %s failed: %s: %s", tail.key, type(e).__name__, e)
+                raise TailFailed(f"tail {tail.key} failed: {type(e).__name__}: {e}") from None
+        finally:
+            self.load.answered()
+            with self._lock:
+                self._in_flight[tail.key] -= 1
+        self._count_remote(tail, ran)
+        return Batched(ran.value, ran.queue_s, ran.run_s, ran.batch_size, ran.replica), decode_s
+
+    def _count_remote(self, tail: TailSpec, ran: RemoteRun) -> None:
+        self.load.waited(ran.queue_s)
+        if ran.load is not None:
+            self._remote_load = ran.load
+        with self._lock:
+            if ran.batch_id in self._seen_batches:
+                return
+            self._seen_batches[ran.batch_id] = None
+            if len(self._seen_batches) > SEEN_BATCHES:
+                self._seen_batches.popitem(last=False)
+        self.metrics.observe_batch(tail.model, tail.split, ran.batch_size, ran.run_s)
 
     def _decode_and_run(self, batcher: Batcher, decode: Callable[[], np.ndarray], tail: TailSpec
                         ) -> tuple[Batched[np.ndarray], float]:
@@ -217,10 +276,11 @@ class InferenceService:
 
     def _queue_depths(self):
         with self._lock:
-            batchers = {k: b for k, b in self._batchers.items()}
-        for key, b in batchers.items():
+            depths = {k: float(b.depth) for k, b in self._batchers.items()}
+            depths.update({k: float(n) for k, n in self._in_flight.items()})
+        for key, depth in depths.items():
             t = self._tails[key]
-            yield (t.model, t.split), float(b.depth)
+            yield (t.model, t.split), depth
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -24,7 +24,8 @@ log = logging.getLogger("cloud_runtime")
 class KerasTailBackend(TailBackend):
     name = "tf"
 
-    def __init__(self) -> None:
+    def __init__(self, num_threads: int | None = None) -> None:
+        self._num_threads = num_threads  # intra-op threads; None: TensorFlow's default (all cores)
         self._tf: Any = None
         self._device: str | None = None
         self._info: dict = {}
@@ -40,6 +41,8 @@ class KerasTailBackend(TailBackend):
             import keras  # noqa: F401  (Keras 3 registers its layers on import)
             import tensorflow as tf
         tf.get_logger().setLevel(logging.ERROR)
+        if self._num_threads:
+            tf.config.threading.set_intra_op_parallelism_threads(self._num_threads)
         gpus = tf.config.list_physical_devices("GPU")
         for gpu in gpus:  # several workers share one GPU: do not grab all its memory
             try:
@@ -96,6 +99,11 @@ class KerasTailBackend(TailBackend):
         with self._tf.device(self._device):
             out = fn(self._tf.constant(batch))
         return out.numpy()
+
+    def unload(self, tail: TailSpec) -> None:
+        with self._load_lock:
+            self._fns.pop(tail.key, None)
+            self._models.pop(tail.key, None)
 
     def close(self) -> None:
         self._fns.clear()
