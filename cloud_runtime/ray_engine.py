@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -29,7 +30,10 @@ from cloud_runtime.config import ConfigError, ServerConfig
 log = logging.getLogger("cloud_runtime")
 APP_NAME = "splitinfer"
 PROXY_LOCATIONS = {"head": "HeadOnly", "every-node": "EveryNode"}
+LAYOUTS = ("fused", "split")
+HTTP_PROXIES = ("auto", "haproxy", "ray")
 DESCRIBE_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class RayOptions:
     max_models_per_replica: int = 64
     cpus_per_replica: float = 1.0  # also the replica's tail threads (at least one)
     proxy_location: str = "every-node"
+    layout: str = "fused"  # fused: each replica answers HTTP and runs tails; split: ingress + tails
+    http_proxy: str = "auto"  # haproxy, ray (its Python proxy), auto: haproxy where it can run
 
     @property
     def autoscaling(self) -> bool:
@@ -68,9 +74,27 @@ class RayOptions:
             raise ConfigError(f"--max-models-per-replica must be >= 1. Received: {self.max_models_per_replica}")
         if not self.cpus_per_replica > 0:
             raise ConfigError(f"--cpus-per-replica must be > 0. Received: {self.cpus_per_replica}")
+        if self.http_proxy not in HTTP_PROXIES:
+            raise ConfigError(f"--http-proxy must be one of {HTTP_PROXIES}. Received: {self.http_proxy!r}")
+        if self.http_proxy == "haproxy" and self.address is not None:
+            raise ConfigError("--http-proxy haproxy needs a Ray instance started here; on a cluster, "
+                              "start it with RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_ENABLE_DIRECT_INGRESS=1 "
+                              "in the environment of `ray start` (see cloud_runtime/README.md)")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout must be one of {LAYOUTS}. Received: {self.layout!r}")
         if self.proxy_location not in PROXY_LOCATIONS:
             raise ConfigError(f"--proxy-location must be one of {tuple(PROXY_LOCATIONS)}. "
                               f"Received: {self.proxy_location!r}")
+
+    def proxy_for(self, tls: bool) -> str:
+        """The HTTP proxy this server runs: HAProxy where this process starts Ray and serves
+        plain HTTP (Ray terminates TLS in its Python proxy), else Ray's Python proxy."""
+        if self.http_proxy == "haproxy" and tls:
+            raise ConfigError("--http-proxy haproxy does not serve TLS here; use --http-proxy ray "
+                              "with --certfile/--keyfile, or terminate TLS in front of HAProxy")
+        if self.http_proxy != "auto":
+            return self.http_proxy
+        return "haproxy" if self.address is None and not tls else "ray"
 
     def scaling(self) -> dict:
         """The tail deployment's replica settings, as Ray Serve takes them."""
@@ -170,7 +194,7 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
                       max_ongoing_requests=max(2 * config.max_batch, 16), logging_config=quiet,
                       **options.scaling())
     class TailReplicas:
-        def __init__(self) -> None:
+        async def __init__(self) -> None:
             _log_like_the_server(log_level)
             from cloud_runtime.backend import make_backend
             from cloud_runtime.buckets import bucket_sizes
@@ -192,7 +216,9 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
             self.infer_batch.set_batch_wait_timeout_s(config.max_delay_s)
             if config.load == "eager":  # as many as a replica may hold; the rest on first use
                 for tail in tails[:options.max_models_per_replica]:
-                    self._load(tail)
+                    # through the multiplexer, so that Ray routes the tail to every replica
+                    # holding it, not only to the first one a request for it reached
+                    await self.hold(tail.key)
 
         def _load(self, tail: TailSpec) -> None:
             timing = self._backend.load(tail)
@@ -248,7 +274,7 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
             return [RemoteRun(y, start - t, run_s, len(xs), batch_id, self._replica, report)
                     for y, t in zip(outputs, arrivals)]
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=config.workers,
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, **options.scaling(),
                       max_ongoing_requests=max(config.threads, 8), logging_config=quiet)
     @serve.ingress()
     class Ingress:
@@ -264,16 +290,58 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
             limits = BodyLimits(config.max_body_bytes, config.read_timeout_s, config.body_deadline_s)
             return WSGIOnASGI(app, limits, threads=config.threads)
 
-    return Ingress, TailReplicas
+    @serve.deployment(ray_actor_options={"num_cpus": options.cpus_per_replica}, **options.scaling(),
+                      max_ongoing_requests=max(config.threads, 8), logging_config=quiet)
+    @serve.ingress()
+    class Replica:
+        """The fused layout: a gunicorn worker's app in each replica, tails in process."""
+
+        def __init__(self) -> None:
+            _log_like_the_server(log_level)
+
+        def __serve_build_asgi_app__(self):
+            from cloud_runtime.app import create_app
+            from cloud_runtime.asgi import BodyLimits, WSGIOnASGI
+            from cloud_runtime.backend import make_backend
+            from cloud_runtime.registry import ModelRegistry
+
+            tails = ModelRegistry.from_bundles(config.bundles).tails()
+            app = create_app(config, backend=make_backend(config.backend, tails, num_threads=threads))
+            limits = BodyLimits(config.max_body_bytes, config.read_timeout_s, config.body_deadline_s)
+            return WSGIOnASGI(app, limits, threads=config.threads)
+
+    return Ingress, TailReplicas, Replica
 
 
 def build_application(config: ServerConfig, options: RayOptions, log_level: str = "info"):
     """The bound Serve application: `serve.run(build_application(...))`."""
-    ingress, tails = _deployments(config, options, log_level)
+    ingress, tails, replica = _deployments(config, options, log_level)
+    if options.layout == "fused":
+        return replica.bind()
     return ingress.bind(tails.bind())
 
 
 # ---- the command -----------------------------------------------------------------------------
+
+
+def _take_down(started_here: bool) -> bool:
+    """Delete the application from a cluster, or stop the Ray instance started here, bounded in time: Ray's
+    own processes may have received the same signal and be gone, and Serve would then wait for
+    its controller for ever. Whether it finished."""
+    import ray
+    from ray import serve
+
+    def take_down() -> None:
+        try:
+            if not started_here:  # a shared cluster: take our application off it, only that
+                serve.delete(APP_NAME)
+        finally:
+            ray.shutdown()  # started here: this stops every actor, replicas included
+
+    down = threading.Thread(target=take_down, name="ray-shutdown", daemon=True)
+    down.start()
+    down.join(STOP_TIMEOUT_S)
+    return not down.is_alive()
 
 
 def serve_forever(config: ServerConfig, options: RayOptions, log_level: str = "info") -> int:
@@ -284,6 +352,13 @@ def serve_forever(config: ServerConfig, options: RayOptions, log_level: str = "i
     from ray import serve
 
     started_here = options.address is None
+    proxy = options.proxy_for(config.tls)
+    haproxy_dir = None
+    if proxy == "haproxy":  # read by the Ray processes this init starts
+        from cloud_runtime.ray_proxy import haproxy_environment
+
+        env, haproxy_dir = haproxy_environment()
+        os.environ.update(env)
     ray.init(address=options.address, include_dashboard=False if started_here else None,
              logging_level=quiet_ray, log_to_driver=True, configure_logging=False,
              namespace="splitinfer")
@@ -300,15 +375,23 @@ def serve_forever(config: ServerConfig, options: RayOptions, log_level: str = "i
         serve.run(build_application(config, options, log_level), name=APP_NAME, route_prefix="/")
         replicas = (f"{options.min_replicas or 0}..{options.max_replicas} autoscaled"
                     if options.autoscaling else str(options.replicas))
-        log.info("ray engine ready in %.1f s at %s%s: %s tail replica(s), %g CPU each, %d ingress; "
+        log.info("ray engine ready in %.1f s at %s%s: %s layout, %s replica(s) of %g CPU, %s proxy; "
                  "cluster %s", time.monotonic() - t0, config.url, " (TLS)" if config.tls else "",
-                 replicas, options.cpus_per_replica, config.workers,
+                 options.layout, replicas, options.cpus_per_replica, proxy,
                  options.address or "started here")
         stop.wait()
-        log.info("stopping: deleting the application%s", " and Ray" if started_here else "")
-        serve.delete(APP_NAME)
-        if started_here:
-            serve.shutdown()
+        log.info("stopping: %s", "stopping Ray" if started_here else "deleting the application")
     finally:
-        ray.shutdown()
+        clean = _take_down(started_here)
+        if haproxy_dir is not None:  # Ray leaves its HAProxy running (see ray_proxy)
+            from cloud_runtime.ray_proxy import stop_haproxy
+
+            stop_haproxy(haproxy_dir)
+            shutil.rmtree(haproxy_dir, ignore_errors=True)
+    if not clean:
+        log.warning("Ray did not stop within %g s (a signal to the whole process group, such as "
+                    "Ctrl-C, stops Ray's own processes first); exiting without waiting", STOP_TIMEOUT_S)
+        for handler in logging.getLogger().handlers + log.handlers:
+            handler.flush()
+        os._exit(0)
     return 0

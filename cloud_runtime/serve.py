@@ -21,7 +21,7 @@ from cloud_runtime.config import (
     token_warning,
 )
 from cloud_runtime.connection import forget_request, remember_request
-from cloud_runtime.ray_engine import PROXY_LOCATIONS, RayOptions
+from cloud_runtime.ray_engine import HTTP_PROXIES, LAYOUTS, PROXY_LOCATIONS, RayOptions
 from splitinfer.bundle.manifest import BundleError
 
 PROG = "python -m cloud_runtime"
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tails one replica holds at once; Ray routes a tail to replicas holding it")
     ray.add_argument("--cpus-per-replica", type=float, default=r.cpus_per_replica,
                      help="CPUs Ray reserves per tail replica, also its tail threads")
+    ray.add_argument("--layout", choices=LAYOUTS, default=r.layout,
+                     help="split: HTTP ingress replicas feed tail replicas; fused: every replica "
+                          "answers HTTP and runs its tails")
+    ray.add_argument("--http-proxy", choices=HTTP_PROXIES, default=r.http_proxy,
+                     help="haproxy: Ray's HAProxy, replicas answer HTTP themselves (fastest); ray: "
+                          "Ray's Python proxy (TLS, clusters not started with HAProxy); auto "
+                          "(default): haproxy when Ray starts here without TLS")
     ray.add_argument("--proxy-location", choices=tuple(PROXY_LOCATIONS), default=r.proxy_location,
                      help="HTTP proxies on every node (default) or on the head only")
     return p
@@ -101,7 +108,7 @@ def ray_options_from_args(args: argparse.Namespace) -> RayOptions:
         replicas=args.replicas, address=args.ray_address, min_replicas=args.min_replicas,
         max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,
         max_models_per_replica=args.max_models_per_replica, cpus_per_replica=args.cpus_per_replica,
-        proxy_location=args.proxy_location)
+        proxy_location=args.proxy_location, layout=args.layout, http_proxy=args.http_proxy)
     options.check()
     return options
 

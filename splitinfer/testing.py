@@ -97,9 +97,13 @@ class CloudProcess:
             self.proc.wait(10)
 
     def stop(self, timeout: float = 30) -> int | None:
-        """SIGTERM (gunicorn's graceful stop), SIGKILL after `timeout`; the exit code."""
+        """SIGTERM (a graceful stop: to the group for gunicorn, to the server alone for Ray),
+        SIGKILL after `timeout`; the exit code."""
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if "ray" in self.args:  # Ray's own processes must not get the signal first
+                self.proc.send_signal(signal.SIGTERM)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -156,6 +156,9 @@ def test_the_bridge_runs_a_flask_app_and_refuses_what_the_limits_stop():
     ({"max_models_per_replica": 0}, "--max-models-per-replica"),
     ({"cpus_per_replica": 0}, "--cpus-per-replica"),
     ({"proxy_location": "moon"}, "--proxy-location"),
+    ({"layout": "both"}, "--layout"),
+    ({"http_proxy": "nginx"}, "--http-proxy"),
+    ({"http_proxy": "haproxy", "address": "10.0.0.1:6379"}, "RAY_SERVE_ENABLE_HA_PROXY=1"),
 ])
 def test_ray_options_are_checked(kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -167,6 +170,15 @@ def test_scaling_is_fixed_or_autoscaled():
     auto = RayOptions(min_replicas=1, max_replicas=4, target_ongoing_requests=6).scaling()
     assert auto == {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
                                            "target_ongoing_requests": 6}}
+
+
+def test_the_proxy_is_haproxy_only_where_it_can_run():
+    assert RayOptions().proxy_for(tls=False) == "haproxy"
+    assert RayOptions().proxy_for(tls=True) == "ray"  # Ray's proxy terminates TLS
+    assert RayOptions(address="auto").proxy_for(tls=False) == "ray"  # the cluster decides
+    assert RayOptions(http_proxy="ray").proxy_for(tls=False) == "ray"
+    with pytest.raises(ConfigError, match="TLS"):
+        RayOptions(http_proxy="haproxy").proxy_for(tls=True)
 
 
 def test_bad_ray_options_fail_in_one_line_before_ray_starts(tiny_bundle):
@@ -183,7 +195,9 @@ def test_bad_ray_options_fail_in_one_line_before_ray_starts(tiny_bundle):
 @pytest.mark.slow
 def test_a_two_node_cluster_spreads_replicas_and_answers_identically(tiny_bundle, tmp_path):
     """Two Ray nodes on this machine, one CPU each: the two tail replicas (one CPU each) must
-    land one per node, and the same payload gets the same answer from both."""
+    land one per node, and the same payload gets the same answer from both. The split layout
+    (ingress, then tail replicas batching with @serve.batch and holding tails with
+    @serve.multiplexed) behind Ray's Python proxy, as on a cluster not started with HAProxy."""
     from ray.cluster_utils import Cluster
 
     from splitinfer.bundle.manifest import load_manifest
@@ -195,7 +209,7 @@ def test_a_two_node_cluster_spreads_replicas_and_answers_identically(tiny_bundle
     try:
         cluster.add_node(num_cpus=1)
         cloud = CloudProcess(tiny_bundle, tmp_path / "cloud.log", [
-            "--engine", "ray", "--ray-address", cluster.address, "--replicas", "2",
+            "--engine", "ray", "--layout", "split", "--ray-address", cluster.address, "--replicas", "2",
             "--proxy-location", "head"])
         cloud.start(timeout=240)
         manifest = load_manifest(tiny_bundle)

@@ -355,20 +355,22 @@ def test_every_error_status_over_http_and_the_server_keeps_serving(eager, local)
 def test_oversized_bodies_get_their_413_not_a_reset(eager):
     """The server answers, then reads (and drops) a bounded amount of an oversized body before
     it closes, so the client reads the 413 instead of a reset; a new connection serves on.
-    (On Ray the body reaches the app whole, or not at all past the limit: a refusal that did
-    not need the body keeps the connection.)"""
+    (On Ray, HAProxy keeps or closes the client's connection as it sees fit.)"""
     s = eager.session()
     for n in (MAX_BODY + 1, 2 * MAX_BODY, 16 * MAX_BODY):
         for _ in range(5):
             r = s.post(eager.url + "/v1/infer", data=b"\0" * n)
             _err(r, 413, "payload_too_large")
-            assert r.headers["Connection"] == "close"  # never reused with its body half read
+            if eager.engine == "gunicorn":  # HAProxy manages the client's connection itself
+                assert r.headers["Connection"] == "close"  # never reused with its body half read
     r = eager.session(token="wrong").post(eager.url + "/v1/infer", data=b"\0" * 1000)
     _err(r, 401, "unauthorized")
     if eager.engine == "gunicorn":
         assert r.headers["Connection"] == "close"
     r = s.post(eager.url + "/v1/probe", data=b"\0" * 1000)  # read whole: the connection stays
-    assert r.status_code == 200 and r.headers.get("Connection", "keep-alive") == "keep-alive"
+    assert r.status_code == 200
+    if eager.engine == "gunicorn":
+        assert r.headers["Connection"] == "keep-alive"
     assert s.get(eager.url + "/healthz").json()["status"] == "ok"
 
 
@@ -384,7 +386,9 @@ def test_a_stalled_upload_gets_408_and_the_server_serves_on(eager, local):
             assert chunk, answer
             answer += chunk
     head = answer.split(b"\r\n\r\n")[0].decode().lower()
-    assert head.startswith("http/1.1 408") and "connection: close" in head, head
+    assert head.startswith("http/1.1 408"), head
+    if eager.engine == "gunicorn":  # behind HAProxy, HAProxy owns the client's connection
+        assert "connection: close" in head, head
     assert f"stalled for {READ_TIMEOUT_S} s" in answer.decode()
     good = local.payload("pw", images(1, seed=16)[0], 8)
     assert s.post(eager.url + "/v1/infer", data=good).status_code == 200
@@ -422,7 +426,7 @@ def test_models_and_readyz_say_what_is_served_and_where(eager):
     assert ready["ready"] and ready["load"] == "eager" and ready["tails_loaded"] == 9
     assert ready["device"] == models["device"] == m["device"]
     assert models["backend"] == "litert" and models["backend_chosen_because"].startswith("auto: no GPU")
-    engine = "ray" if eager.engine == "ray" else "in-process"
+    engine = "in-process"  # gunicorn, and Ray's fused layout, run tails in the process that answers
     assert models["engine"] == ready["engine"] == engine
     metrics = s.get(eager.url + "/metrics").text
     assert f'splitinfer_backend_info{{backend="litert",device="/CPU:0",engine="{engine}"' in metrics
