@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from benchmarks import cloud_backends, edge_switch, packing
+from benchmarks import cloud_backends, edge_switch, packing, scale_out
 
 
 
@@ -133,20 +133,42 @@ def test_cloud_backends_benchmark_quick(profiled_bundle, tmp_path):
     assert (bundle / "profile.json").read_bytes() == before  # profiled a copy, not the user's bundle
 
 
+def test_scale_out_configs_parse_or_fail_in_words():
+    assert scale_out.parse_configs("gunicorn:1, ray:2,ray-split:1") == [
+        ("gunicorn", 1), ("ray", 2), ("ray-split", 1)]
+    for bad in ("ray", "ray:0", "tfserving:1", "ray:x"):
+        with pytest.raises(ValueError, match="expected ENGINE:N"):
+            scale_out.parse_configs(bad)
+
+
+@pytest.mark.slow
+def test_scale_out_benchmark_quick(profiled_bundle, tmp_path):
+    """A gunicorn worker and a Ray replica, really started, driven and stopped."""
+    bundle, _ = profiled_bundle
+    out = tmp_path / "scale_out.json"
+    assert scale_out.main(["--bundle", str(bundle), "--configs", "gunicorn:1,ray:1", "--seconds", "0.5",
+                           "--rounds", "1", "--clients", "2", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(run["engine"], run["replicas"]) for run in r["runs"]] == [("gunicorn", 1), ("ray", 1)]
+    assert all(run["req_s"] > 0 and run["errors"] == 0 and run["backend"] == "litert" for run in r["runs"])
+    assert r["ratios"]["ray1_over_gunicorn1"] > 0 and r["ratios"]["ray2_over_ray1"] is None
+
+
 @pytest.mark.slow
 def test_regime_map_quick(profiled_bundle, tmp_path, capsys):
     from benchmarks import regimes
 
     bundle, _ = profiled_bundle
     out = tmp_path / "regimes.json"
-    assert regimes.main(["--bundle", str(bundle), "--devices", "pi-zero2", "phone-high",
-                         "--links", "lte", "wifi", "--duration-s", "5", "--jobs", "1",
+    # slow boards on slow links: few frames to simulate (phone-high on wifi took 110 s)
+    assert regimes.main(["--bundle", str(bundle), "--devices", "pi-zero2", "pi3",
+                         "--links", "3g-evdo", "lte", "--duration-s", "3", "--jobs", "1",
                          "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "headlines:" in printed
     r = json.loads(out.read_text())
-    assert [d["name"] for d in r["devices"]] == ["pi-zero2", "phone-high"]
-    assert [lk["name"] for lk in r["links"]] == ["lte", "wifi"]
+    assert [d["name"] for d in r["devices"]] == ["pi-zero2", "pi3"]
+    assert [lk["name"] for lk in r["links"]] == ["3g-evdo", "lte"]
     assert len(r["cells"]) == 4
     for cell in r["cells"]:
         assert {"model", "device", "link", "fps", "drop_pp"} <= set(cell)
