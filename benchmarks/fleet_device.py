@@ -1,6 +1,7 @@
 """One device of a live fleet (benchmarks.fleet --live): a real edge runtime process, its own
-emulated uplink (the token-bucket link over a link class's trace, from its own offset), an
-emulated board class, frames as fast as the pipeline takes them for --seconds.
+emulated uplink over a link class's trace from its own offset (tc tbf on its own namespace's
+interface, or the token-bucket link), an emulated board class, frames as fast as the pipeline
+takes them for --seconds.
 
     python -m benchmarks.fleet_device --bundle B --cloud URL --device rpi4 --link lte \\
         --offset-s 12.5 --seconds 30 --out device-0.json
@@ -44,9 +45,11 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--policy", default="auto")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--uplink-dev", help="shape this interface with tc (the device runs in its own "
+                                          "namespace: demo.link.FleetNet); default: a token bucket")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    from demo.link import TokenBucketLink
+    from demo.link import TbfLink, TokenBucketLink
     from benchmarks._common import load_frames
     from edge_runtime.runner import EdgeConfig, EdgeRuntime, Frame, summarize
     from models.zoo import TRAINED
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
 
     lk = link_class(args.link)
     trace, _ = link_trace(lk, duration_s=max(600.0, args.seconds))
-    link = TokenBucketLink(shifted(trace, args.offset_s, args.seconds + 30.0), lk.rtt_ms)
+    own = shifted(trace, args.offset_s, args.seconds + 30.0)
+    link = TbfLink(own, args.uplink_dev, lk.rtt_ms) if args.uplink_dev else TokenBucketLink(own, lk.rtt_ms)
     model = load_manifest(args.bundle).model
     if model.name in TRAINED:   # test scenes outside the profile's evaluation and calibration
         from models import scenes
@@ -80,6 +84,7 @@ def main(argv=None) -> int:
         t0 = time.monotonic()
         results = rt.run(stream())
         wall = time.monotonic() - t0
+    link.close()
     done = [(r.frame, r.where, round(r.latency_ms, 2)) for r in results]
     args.out.write_text(json.dumps({"device": args.device, "link": args.link,
                                     "offset_s": args.offset_s, "summary": summarize(results, wall),

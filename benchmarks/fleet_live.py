@@ -2,8 +2,10 @@
 the same fleet in the simulator.
 
 Each device is its own process (benchmarks.fleet_device) with its own emulated board class and
-its own token-bucket uplink over the link class's trace, from its own offset. The cloud is the
-real service (gunicorn, one worker, this machine's CPU). Once a second the driver reads the
+its own uplink over the link class's trace, from its own offset: as root, each device runs in a
+network namespace of its own with a tc tbf qdisc on its uplink, into the cloud's namespace
+(demo.link.FleetNet); elsewhere, a token-bucket link in the process. The cloud is the real
+service (gunicorn, one worker, this machine's CPU). Once a second the driver reads the
 cloud's load from /readyz. At the end it checks that every device answered frames 0..n-1 once
 each, and compares the fleet's frames/s with scheduler.fleet on the same classes, links, offsets
 and a `cpu` cloud (the simulated cameras never wait: --camera-fps is set out of reach).
@@ -26,9 +28,11 @@ from benchmarks._common import ROOT
 SIM_CAMERA_FPS = 1e6   # live devices take frames as fast as their pipeline goes
 
 
-def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0) -> dict:
+def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0,
+             netns: bool | None = None) -> dict:
+    """`netns=None`: a namespace per device where this machine allows it."""
     from demo.__main__ import start_cloud, stop_cloud
-    from demo.link import TokenBucketLink
+    from demo.link import FleetNet, TokenBucketLink, netns_available
     from scheduler.bundle import load_bundle
     from scheduler.fleet import FleetParams, assign_classes, fleet_traces, simulate_fleet
     from scheduler.traces import constant
@@ -40,7 +44,13 @@ def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0
     classes = assign_classes(params)
     traces, rtts, origin = fleet_traces(link, seconds, seed)
     offsets = np.random.default_rng(seed).uniform(0, traces[0].duration_s, n).round(2)
-    server = start_cloud(bundle, TokenBucketLink(constant(1000.0)))   # only for host and wrap
+    net = FleetNet(n) if (netns_available() if netns is None else netns) else None
+    try:
+        server = start_cloud(bundle, net or TokenBucketLink(constant(1000.0)))  # its host and wrap
+    except BaseException:
+        if net is not None:
+            net.close()
+        raise
     loads, stop = [], threading.Event()
 
     def poll():
@@ -58,16 +68,20 @@ def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0
     out_dir = Path(tempfile.mkdtemp(prefix="fleet-live-"))
     try:
         poller.start()
-        procs = [subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.fleet_device", "--bundle", str(bundle),
-             "--cloud", server["url"], "--device", cls, "--link", link, "--offset-s", str(off),
-             "--seconds", str(seconds), "--out", str(out_dir / f"device-{i}.json")],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            for i, (cls, off) in enumerate(zip(classes, offsets))]
+        procs = []
+        for i, (cls, off) in enumerate(zip(classes, offsets)):
+            argv = [sys.executable, "-m", "benchmarks.fleet_device", "--bundle", str(bundle),
+                    "--cloud", server["url"], "--device", cls, "--link", link, "--offset-s", str(off),
+                    "--seconds", str(seconds), "--out", str(out_dir / f"device-{i}.json")]
+            if net is not None:
+                argv = net.wrap_device(i, [*argv, "--uplink-dev", net.device_dev(i)])
+            procs.append(subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         errors = [p.communicate(timeout=seconds + 300)[1] for p in procs]
     finally:
         stop.set()
         stop_cloud(server)
+        if net is not None:
+            net.close()
     failed = [(i, e.decode(errors="replace").strip().splitlines()[-1:])
               for i, (p, e) in enumerate(zip(procs, errors)) if p.returncode != 0]
     if failed:
@@ -82,6 +96,7 @@ def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0
     sim = simulate_fleet(load_bundle(bundle), traces, rtts, "dyno",
                          replace(params, offsets_s=tuple(float(o) for o in offsets)))
     return {"devices": n, "seconds": seconds, "link": origin, "classes": classes,
+            "uplinks": net.kind if net is not None else TokenBucketLink.kind,
             "offsets_s": offsets.tolist(), "fleet_fps_live": live_fps,
             "fleet_fps_sim": sim["fleet_fps"],
             "live_over_sim": live_fps / sim["fleet_fps"] if sim["fleet_fps"] else None,
@@ -94,7 +109,7 @@ def run_live(bundle: Path, n: int, seconds: float, mix, link: str, seed: int = 0
 
 def print_live(r: dict) -> None:
     print(f"\nlive fleet: {r['devices']} edge processes on {r['link']}, one cloud worker, "
-          f"{r['seconds']:g} s")
+          f"{r['seconds']:g} s; uplinks: {r['uplinks']}")
     for i, d in enumerate(r["per_device"]):
         print(f"  device {i:2d} {d['device']:11s} {d['fps']:7.1f} fps  {d['frames']:6d} frames  "
               f"where {d['where']}  fallbacks {d['fallbacks']}")

@@ -213,3 +213,13 @@ def test_live_fleet_answers_every_frame_once(profiled_bundle, tmp_path):
     assert r["no_frame_lost_or_duplicated"] is True
     assert r["fleet_fps_live"] > 0 and r["fleet_fps_sim"] > 0 and r["live_over_sim"] > 0
     assert all(d["frames"] > 0 for d in r["per_device"])
+    from demo.link import FleetNet, TokenBucketLink, netns_available
+
+    # as root, every device has a namespace and a shaped uplink of its own, removed afterwards
+    assert r["uplinks"] == (FleetNet.kind if netns_available() else TokenBucketLink.kind)
+    if netns_available():
+        import os
+        import subprocess
+
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"sf{os.getpid() % 10000}" not in listed, listed  # FleetNet's default name here
