@@ -362,7 +362,7 @@ def measure_pipelining(bundle: Path, cloud: Cloud, config: dict, frames_arr: np.
     return {
         "split": split, "bits": bits, "device_class": DEVICE_CLASS, "device_factor": factor,
         "frames": n, "rounds": sizes.pipeline_rounds,
-        "configs": {name: {"senders": cfg.senders, "pipeline_depth": cfg.pipeline_depth,
+        "configs": {name: {"senders": cfg.senders or cfg.pipeline_depth, "pipeline_depth": cfg.pipeline_depth,
                            "serial_gate": serial} for name, (cfg, serial) in modes.items()},
         "fps": fps,
         "runs": runs,

@@ -25,6 +25,7 @@ from scheduler.traces import Trace, transfer
 from splitinfer.errors import CloudError
 
 MIN_RATE_KBIT = 8  # tbf cannot be rate 0; an outage is a link this slow
+BURST_S = 0.001  # the tbf bucket holds this much time of traffic (see tbf_args)
 
 
 class TokenBucketLink:
@@ -148,10 +149,12 @@ class TbfLink:
 
 def tbf_args(mbps: float) -> list[str]:
     kbit = max(int(mbps * 1000), MIN_RATE_KBIT)
-    # A burst of ~10 ms of traffic, at least one full packet (tbf needs an MTU): each burst
-    # byte crosses at line rate after an idle moment, which the trace does not have (with a
-    # 3000 B floor a 6 kB JPEG upload at 0.84 Mbit/s ran ~15 % faster live than simulated).
-    burst = max(1600, int(kbit * 1000 / 8 * 0.01))
+    # A burst of 1 ms of traffic, at least one full packet (tbf needs an MTU). Each burst byte
+    # crosses at line rate after an idle moment, which the trace does not have: with 10 ms, at
+    # 5 Mbit/s every payload up to 6 kB crossed in 0.5 ms (read as up to 100 Mbit/s by the
+    # edge's estimator); with 1 ms, 8 kB takes 11.2 ms (12.8 ideal) and 64 kB 104.8 (102.4),
+    # and 30 Mbit/s is still reached (29.6 on 64 kB).
+    burst = max(1600, int(kbit * 1000 / 8 * BURST_S))
     return ["rate", f"{kbit}kbit", "burst", str(burst), "latency", "4s"]
 
 
