@@ -429,7 +429,9 @@ def plot_timeline(run: dict, trace, path: Path, args, device: str) -> None:
     end = max(t.max() if t.size else 1.0, 1.0)
     bins = trace.rates_mbps(0.5, duration_s=end + 0.5)
     axes[0].step(np.arange(len(bins)) * 0.5, bins, where="post", color="grey", label="link (trace)")
-    axes[0].plot(t, [r["est_mbps"] for r in rows], color="tab:blue", lw=1, label="edge estimate")
+    by_time = np.argsort(t, kind="stable")  # rows are in frame order; answers overtake
+    est = np.array([r["est_mbps"] for r in rows])
+    axes[0].plot(t[by_time], est[by_time], color="tab:blue", lw=1, label="edge estimate")
     axes[0].set_ylabel("uplink Mbit/s")
     axes[0].legend(fontsize=8, loc="upper right")
     # bit widths 2..8 each get a colour; float16/32 payloads share the top one, device-only and
