@@ -1,12 +1,13 @@
 """The cloud tier on Ray Serve: the same HTTP API as gunicorn, on one machine or a cluster.
 
-Two deployments. `Ingress` runs the Flask app (auth, limits, decoding, the JSON answers) behind
-Ray's HTTP proxy through `cloud_runtime.asgi`; its service keeps no batcher and sends each
-decoded input to `TailReplicas`, which batch across every ingress with `@serve.batch`, pad to
-the bucket sizes, and hold a bounded number of tails each with `@serve.multiplexed`, so Ray
-routes a tail's requests to the replicas that have it loaded. Tails are loaded inside each
-replica from the bundle's files (Keras models do not pickle reliably), so a node needs the
-bundles at the same path. Any replica answers any request: the tier is stateless.
+Two layouts. `fused` (the default): each `Replica` runs the Flask app of a gunicorn worker
+(auth, limits, decoding, our batcher, in-process tails) behind Ray's HTTP front through
+`cloud_runtime.asgi`: one hop per request. `split`: `Ingress` replicas run the app with a
+backend that sends each decoded input to `TailReplicas`, which batch across every ingress with
+`@serve.batch`, pad to the bucket sizes, and hold a bounded number of tails each with
+`@serve.multiplexed`, so Ray routes a tail's requests to the replicas holding it. Either way
+tails are loaded inside each replica from the bundle's files (Keras models do not pickle
+reliably), so a node needs the bundles at the same path, and any replica answers any request.
 
 Only the serving process and the replicas import Ray; the edge never does.
 """

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def ray_options_from_args(args: argparse.Namespace) -> RayOptions:
+    if args.workers != 1:
+        raise ConfigError(f"--workers is gunicorn's; with --engine ray use --replicas. Received: "
+                          f"--workers {args.workers}")
     options = RayOptions(
         replicas=args.replicas, address=args.ray_address, min_replicas=args.min_replicas,
         max_replicas=args.max_replicas, target_ongoing_requests=args.target_ongoing_requests,

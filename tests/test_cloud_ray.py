@@ -181,12 +181,14 @@ def test_the_proxy_is_haproxy_only_where_it_can_run():
         RayOptions(http_proxy="haproxy").proxy_for(tls=True)
 
 
-def test_bad_ray_options_fail_in_one_line_before_ray_starts(tiny_bundle):
-    r = run_module("cloud_runtime", "--engine", "ray", "--bundle", str(tiny_bundle), "--replicas", "0",
-                   timeout=60)
+@pytest.mark.parametrize("args,message", [
+    (["--replicas", "0"], "--replicas must be >= 1. Received: 0"),
+    (["--workers", "3"], "--workers is gunicorn's; with --engine ray use --replicas. Received: --workers 3"),
+])
+def test_bad_ray_options_fail_in_one_line_before_ray_starts(tiny_bundle, args, message):
+    r = run_module("cloud_runtime", "--engine", "ray", "--bundle", str(tiny_bundle), *args, timeout=60)
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [
-        "python -m cloud_runtime: error: --replicas must be >= 1. Received: 0"]
+    assert r.stderr.strip().splitlines() == [f"python -m cloud_runtime: error: {message}"]
 
 
 # ---- a real two-node cluster ------------------------------------------------------------------
