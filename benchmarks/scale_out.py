@@ -71,10 +71,10 @@ def measure(bundle: Path, split: str, configs: list[tuple[str, int]], clients: i
                       f"batch {run['batch_size_mean']:.1f}, errors {run['errors']}", flush=True)
                 if key not in best or run["rps"] > best[key]["rps"]:
                     best[key] = run
+        import requests
+
         device = {}
         for key, server in servers.items():
-            import requests
-
             models = requests.get(server.url + "/v1/models", timeout=10).json()
             device[key] = (models["backend"], models["device"], models.get("engine"))
     finally:

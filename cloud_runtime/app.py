@@ -64,7 +64,7 @@ def create_app(config: ServerConfig | None = None, *, backend: TailBackend | Non
     config = config.resolved()
     registry = ModelRegistry.from_bundles(config.bundles)
     try:
-        backend = backend or make_backend(config.backend, registry.tails())
+        backend = backend or make_backend(config.backend, registry.tails(), num_threads=config.tail_threads)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     service = InferenceService(registry, backend, config,

@@ -37,6 +37,7 @@ class ServerConfig:
     early_dispatch: bool = True  # a batch starts once no decoded request is still coming
     load: str = "eager"
     backend: str = "auto"  # tail backend: auto (LiteRT on a CPU, TensorFlow on a GPU), litert, tf
+    tail_threads: int | None = None  # threads a tail call may use (None: every core); one per Ray replica CPU
     request_timeout_s: float = 30.0
     read_timeout_s: float = 5.0  # longest silence while a request arrives; frees stalled threads
     body_deadline_s: float = 10.0  # the whole body within this, however slowly it trickles
@@ -79,6 +80,9 @@ class ServerConfig:
         for name, (value, low) in ints.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}. Received: {name}={value!r}")
+        if self.tail_threads is not None and (isinstance(self.tail_threads, bool)
+                                              or not isinstance(self.tail_threads, int) or self.tail_threads < 1):
+            raise ConfigError(f"tail_threads must be an integer >= 1 or None. Received: {self.tail_threads!r}")
         if self.port > 65535:
             raise ConfigError(f"port must be in 0..65535. Received: port={self.port}")
         if not self.max_delay_ms >= 0:

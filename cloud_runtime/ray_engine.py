@@ -14,6 +14,7 @@ Only the serving process and the replicas import Ray; the edge never does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import os
@@ -183,11 +184,21 @@ def _log_like_the_server(level: str) -> None:
     logger.propagate = False
 
 
+def _asgi_app(config: ServerConfig, backend: TailBackend | None = None):
+    """The Flask app behind the ASGI bridge, under the config's body limits."""
+    from cloud_runtime.app import create_app
+    from cloud_runtime.asgi import BodyLimits, WSGIOnASGI
+
+    limits = BodyLimits(config.max_body_bytes, config.read_timeout_s, config.body_deadline_s)
+    return WSGIOnASGI(create_app(config, backend=backend), limits, threads=config.threads)
+
+
 def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "info"):
     """The two deployment classes, with this configuration's batching and multiplexing."""
     from ray import serve
 
     threads = max(1, int(options.cpus_per_replica))
+    config = dataclasses.replace(config, tail_threads=threads)
 
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # our own lines: see above
 
@@ -204,7 +215,7 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
 
             tails = ModelRegistry.from_bundles(config.bundles).tails()
             self._tails = {t.key: t for t in tails}
-            self._backend = make_backend(config.backend, tails, num_threads=threads)
+            self._backend = make_backend(config.backend, tails, num_threads=config.tail_threads)
             self._backend.start()
             self._buckets = bucket_sizes(config.max_batch)
             self._meter = LoadMeter(config.max_batch)
@@ -284,12 +295,7 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
             self._tails = tails
 
         def __serve_build_asgi_app__(self):
-            from cloud_runtime.app import create_app
-            from cloud_runtime.asgi import BodyLimits, WSGIOnASGI
-
-            app = create_app(config, backend=RayTailBackend(self._tails))
-            limits = BodyLimits(config.max_body_bytes, config.read_timeout_s, config.body_deadline_s)
-            return WSGIOnASGI(app, limits, threads=config.threads)
+            return _asgi_app(config, RayTailBackend(self._tails))
 
     @serve.deployment(ray_actor_options={"num_cpus": options.cpus_per_replica}, **options.scaling(),
                       max_ongoing_requests=max(config.threads, 8), logging_config=quiet)
@@ -301,15 +307,7 @@ def _deployments(config: ServerConfig, options: RayOptions, log_level: str = "in
             _log_like_the_server(log_level)
 
         def __serve_build_asgi_app__(self):
-            from cloud_runtime.app import create_app
-            from cloud_runtime.asgi import BodyLimits, WSGIOnASGI
-            from cloud_runtime.backend import make_backend
-            from cloud_runtime.registry import ModelRegistry
-
-            tails = ModelRegistry.from_bundles(config.bundles).tails()
-            app = create_app(config, backend=make_backend(config.backend, tails, num_threads=threads))
-            limits = BodyLimits(config.max_body_bytes, config.read_timeout_s, config.body_deadline_s)
-            return WSGIOnASGI(app, limits, threads=config.threads)
+            return _asgi_app(config)  # the configured backend, on config.tail_threads
 
     return Ingress, TailReplicas, Replica
 

@@ -583,6 +583,8 @@ def test_config_checks_say_what_is_wrong():
         ServerConfig().resolved()
     with pytest.raises(ConfigError, match="max_batch must be an integer >= 1. Received: max_batch=0"):
         ServerConfig(bundles=("x",), max_batch=0).resolved()
+    with pytest.raises(ConfigError, match="tail_threads must be an integer >= 1 or None. Received: 0"):
+        ServerConfig(bundles=("x",), tail_threads=0).resolved()
     cfg = ServerConfig(bundles=("x",), max_batch=4, token="t").resolved()
     assert cfg.threads == 8 and replace(cfg, threads=3).threads == 3
 
