@@ -204,8 +204,7 @@ class InferenceService:
                 raise Overloaded(f"overloaded: no answer for {tail.key} within "
                                  f"{self.config.request_timeout_s:g} s; retry after {retry} s", retry) from None
             except Exception as e:
-                log.error("tail %s failed: %s: %s", tail.key, type(e).__name__, e)
-                raise TailFailed(f"tail {tail.key} failed: {type(e).__name__}: {e}") from None
+                raise _tail_failed(tail, e) from None
         finally:
             self.load.answered()
             with self._lock:
@@ -244,8 +243,7 @@ class InferenceService:
         except BatcherClosed as e:
             raise NotReady(str(e), retry) from None
         except Exception as e:
-            log.error("tail %s failed: %s: %s", tail.key, type(e).__name__, e)
-            raise TailFailed(f"tail {tail.key} failed: {type(e).__name__}: {e}") from None
+            raise _tail_failed(tail, e) from None
 
     def _batcher(self, tail: TailSpec) -> Batcher:
         with self._lock:
@@ -281,6 +279,12 @@ class InferenceService:
         for key, depth in depths.items():
             t = self._tails[key]
             yield (t.model, t.split), depth
+
+
+def _tail_failed(tail: TailSpec, e: Exception) -> TailFailed:
+    """Logged here, answered 500 by the views."""
+    log.error("tail %s failed: %s: %s", tail.key, type(e).__name__, e)
+    return TailFailed(f"tail {tail.key} failed: {type(e).__name__}: {e}")
 
 
 def _ms(seconds: float | None) -> float | None:
