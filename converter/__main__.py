@@ -18,6 +18,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--input-shape", help="H,W,C: fix the input shape (needed for dynamic-shape models)")
     p.add_argument("--splits", help="comma-separated split names to keep (input is always kept)")
     p.add_argument("--max-splits", type=int, help="keep at most N splits, spread evenly by compute")
+    p.add_argument("--all-cuts", action="store_true",
+                   help="also offer cuts equivalent to a neighbour (a conv's output before its "
+                        "BatchNormalization, a zero-padded tensor, ...); by default one of each pair")
     p.add_argument("--int8", action="store_true", help="also write int8 post-training-quantized heads")
     p.add_argument("--no-tflite-tails", action="store_true",
                    help="write Keras tails only (no TFLite tails for LiteRT CPU clouds)")
@@ -41,6 +44,7 @@ def main(argv=None) -> int:
         options = ConvertOptions(
             splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()) if args.splits else None,
             max_splits=args.max_splits,
+            merge_equivalent=not args.all_cuts,
             int8=args.int8,
             tflite_tails=not args.no_tflite_tails,
             rtol=args.rtol,
@@ -50,10 +54,12 @@ def main(argv=None) -> int:
             p = plan(source.model, options, input_shape)
             chosen = {c.name for c in p.selected}
             print(f"{len(p.candidates)} candidate splits of {source.name} "
-                  f"({p.full_flops / 1e9:.3f} GFLOPs); * = selected")
+                  f"({p.full_flops / 1e9:.3f} GFLOPs); * = selected, = same information as the "
+                  "named split (--all-cuts offers both)")
             for c in p.candidates:
                 mark = "*" if c.name in chosen else " "
-                print(f"{mark} {c.name:40s} {str(c.shape):18s} head {c.head_flops / p.full_flops:6.1%}")
+                same = f"  = {p.merged[c.name]}" if c.name in p.merged else ""
+                print(f"{mark} {c.name:40s} {str(c.shape):18s} head {c.head_flops / p.full_flops:6.1%}{same}")
             return 0
         t0 = time.perf_counter()
         manifest = convert(

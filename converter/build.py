@@ -45,6 +45,7 @@ class ConvertOptions:
 
     splits: tuple[str, ...] | None = None  # names to keep (`input` is always kept)
     max_splits: int | None = None  # spread by compute when set
+    merge_equivalent: bool = True  # offer one cut of each pair that carries the same information
     int8: bool = False  # also write post-training-quantized int8 heads
     tflite_tails: bool = True  # also write each tail as float32 TFLite (LiteRT CPU clouds)
     representative: Callable[[], Iterable[np.ndarray]] | None = None  # for int8
@@ -77,6 +78,7 @@ class Plan:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     notes: list[str] = field(default_factory=list)
+    merged: dict[str, str] = field(default_factory=dict)  # candidate -> the equivalent one offered
 
 
 def plan(model: Any, options: ConvertOptions = ConvertOptions(), input_shape=None) -> Plan:
@@ -120,8 +122,13 @@ def plan(model: Any, options: ConvertOptions = ConvertOptions(), input_shape=Non
                 tail_flops=full_flops - head_flops,
             )
         )
-    selected = _select(candidates, options, full_flops)
-    return Plan(canonical, graph, candidates, selected, full_flops, shape, output_shape)
+    producer_inputs = [() if node < 0 else graph.nodes[node].inputs for node, _ in cuts]
+    merged = {candidates[d].name: candidates[k].name for d, k in G.equivalent_cuts(
+        ["input" if node < 0 else type(graph.nodes[node].operation).__name__ for node, _ in cuts],
+        [k > 0 and tuple(producer_inputs[k]) == (cuts[k - 1][1],) for k in range(len(cuts))],
+    ).items()} if options.merge_equivalent else {}
+    selected = _select(candidates, options, full_flops, merged)
+    return Plan(canonical, graph, candidates, selected, full_flops, shape, output_shape, merged=merged)
 
 
 def convert(
@@ -195,6 +202,7 @@ def convert(
                 "version": CONVERTER_VERSION,
                 "keras": keras.__version__,
                 "candidates": len(p.candidates),
+                "merged": p.merged,
                 "seconds": round(time.perf_counter() - started, 1),
                 "full_verify": full_err,
                 "rtol": options.rtol,
@@ -320,8 +328,11 @@ def safe_filename(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def _select(candidates: list[Candidate], options: ConvertOptions, full_flops: int) -> list[Candidate]:
-    chosen = candidates
+def _select(candidates: list[Candidate], options: ConvertOptions, full_flops: int,
+            merged: dict[str, str]) -> list[Candidate]:
+    """Named splits (any candidate, merged or not), else every candidate not merged into an
+    equivalent one; then at most `max_splits` of those."""
+    chosen = [c for c in candidates if c.name not in merged]
     if options.splits is not None:
         by_name = {c.name: c for c in candidates}
         unknown = [s for s in options.splits if s not in by_name]

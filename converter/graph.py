@@ -92,6 +92,49 @@ def ancestors_of(
     )
 
 
+#: Layers whose output carries the same information as their input: an invertible per-channel
+#: affine map (the converter keeps its output: a BatchNormalization folds into the head's conv)...
+AFFINE_LAYERS = frozenset({"BatchNormalization", "Rescaling", "Normalization"})
+#: ...or the same values rearranged, padded with constants or passed through at inference (the
+#: converter keeps their input: fewer or equal values, a shorter head).
+PASS_THROUGH_LAYERS = frozenset({
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Reshape", "Flatten", "Permute", "Identity",
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianDropout",
+    "GaussianNoise", "AlphaDropout", "ActivityRegularization",
+})
+
+
+def equivalent_cuts(kinds: Sequence[str], follows_previous: Sequence[bool]) -> dict[int, int]:
+    """Cuts that carry the same information as a neighbour, as {dropped: kept}, both indices into
+    the cuts in order.
+
+    `kinds[k]` is the layer class that produces cut k (index 0 is the model input), and
+    `follows_previous[k]` whether that layer's only input is cut k-1. Sending either tensor of
+    such a pair costs the same bytes for the same accuracy (per-channel ranges follow a
+    per-channel affine map), so profiling both doubles the work for nothing: conv -> BN -> ReLU
+    offers two splits, not three. The input is never dropped (cloud-only)."""
+    kept = list(range(len(kinds)))
+    dropped: set[int] = set()
+    for k in range(1, len(kinds)):
+        if not follows_previous[k]:
+            continue
+        if kinds[k] in AFFINE_LAYERS:
+            gone, keep = (k, k - 1) if k - 1 == 0 else (k - 1, k)
+        elif kinds[k] in PASS_THROUGH_LAYERS:
+            gone, keep = k, k - 1
+        else:
+            continue
+        dropped.add(gone)
+        kept[gone] = keep
+
+    def final(i: int) -> int:
+        while kept[i] != i:
+            i = kept[i]
+        return i
+
+    return {i: final(i) for i in sorted(dropped)}
+
+
 def spread_by_compute(cum_flops: Sequence[int], total: int, count: int,
                       sizes: Sequence[int] | None = None) -> list[int]:
     """Pick `count` positions spread evenly over the model's compute.

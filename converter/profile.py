@@ -17,6 +17,7 @@ import argparse
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -58,6 +59,8 @@ TAIL_BACKENDS = ("auto", "litert", "tf")
 # A variant with fewer bytes replaces the most accurate one only if it costs at most this much.
 VARIANT_TOLERANCE_PP = 0.25
 CLASSIFY_VALUES = 1 << 25  # float32 values per tail call (128 MiB)
+TAIL_BATCH_VALUES = 1 << 16  # `tail_batch`
+UNPACK_SAMPLE = 32  # payloads per (split, variant) that are decoded, timed and checked (`_round_trip`)
 
 
 @dataclass(frozen=True)
@@ -113,23 +116,11 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     # scheduler's cloud classes are scaled from it (scheduler/devices.py).
     split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
-    for split in _progress(splits, manifest.full_flops, options.progress):
-        interp, _ = load_interpreter(bundle / split.head)
-        tail = classifier(bundle, manifest, split, keras_tail, backend)
-        calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
-        ranges = codec.calibrate_ranges(calib_acts)
-        calibration[split.name] = {"ranges": ranges.to_json()}
-        allocation = None
-        if codec.MIXED_BITS in options.bits and (
-                options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
-            # gradients need the Keras tail
-            allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
-            calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
-        screen = Screen(float_pred, dataset.labels) if options.screen else None
-        measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
-                                 split_variants(options.bits, allocation is not None),
-                                 options.batch_size, allocation, screen)
-        split_info[split.name] = {"tail_ms": _tail_latency_ms(tail, calib_acts[:1])}
+    tails, first_act, unfinished = {}, {}, []  # unfinished: (split, measured, allocation, futures)
+
+    def finish(split, measured, allocation, futures) -> None:
+        for f in futures:
+            f.result()
         for (bits, variant), m in measured.items():
             k = len(m["pred"])  # fewer than the evaluation images when screened out
             row = {
@@ -146,6 +137,38 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
                 row["mean_bits"] = allocation.mean_bits
             variants.append(row)
         configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
+
+    # One tail thread for the whole run: the last chunks of a split still classify while this
+    # thread runs the next split's head on the calibration images.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
+        for split in _progress(splits, manifest.full_flops, options.progress):
+            interp, _ = load_interpreter(bundle / split.head)
+            tail = tails[split.name] = classifier(bundle, manifest, split, keras_tail, backend)
+            calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
+            ranges = codec.calibrate_ranges(calib_acts)
+            calibration[split.name] = {"ranges": ranges.to_json()}
+            first_act[split.name] = calib_acts[:1]
+            allocation = None
+            if codec.MIXED_BITS in options.bits and (
+                    options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
+                while unfinished:  # the tails share one interpreter: one thread at a time
+                    finish(*unfinished.pop(0))
+                # gradients need the Keras tail
+                allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
+                calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
+            screen = Screen(float_pred, dataset.labels) if options.screen else None
+            futures: list = []
+            measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
+                                     split_variants(options.bits, allocation is not None),
+                                     options.batch_size, allocation, screen, pool=pool, unfinished=futures)
+            while unfinished:
+                finish(*unfinished.pop(0))
+            unfinished.append((split, measured, allocation, futures))
+        while unfinished:
+            finish(*unfinished.pop(0))
+    # Timed once nothing else runs: the scheduler's cloud classes are scaled from these.
+    for name, tail in tails.items():
+        split_info[name] = {"tail_ms": _tail_latency_ms(tail, first_act[name])}
 
     profile = {
         "version": PROFILE_VERSION,
@@ -263,15 +286,20 @@ class Screen:
 
 def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
                   variants: Sequence[tuple[int, str]], batch_size: int = 50, allocation=None,
-                  screen: Screen | None = None) -> dict:
+                  screen: Screen | None = None, pool=None, unfinished: list | None = None) -> dict:
     """Bytes, top-1 answers and codec times of each (bits, variant) at `split` on `images`.
 
     The tail classifies one chunk's decoded variants on a second thread while this one runs the
     head and the codec on the next chunk: the codec is single-threaded Python and numpy, so the
-    two overlap on two cores."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": [], "exact": True} for v in variants}
+    two overlap on two cores. `pool` is that thread (one worker; a new one if None). With
+    `unfinished`, the futures of the last chunk are appended to it rather than waited for: the
+    answers are complete once they are done."""
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as own:
+            return measure_split(manifest, split, interp, tail, ranges, images, variants, batch_size,
+                                 allocation, screen, pool=own)
+    out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": [], "exact": True, "values_match": True}
+           for v in variants}
     live = list(variants)
     n = len(images)
     in_flight: list = []  # futures, in order
@@ -282,50 +310,66 @@ def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
         for (m, _), p in zip(group, preds):
             m["pred"].extend(p.tolist())
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
-        for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
-            acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
-            # Decoded variants are classified together (one tail call, not one per variant), in
-            # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
-            pending: list[tuple[dict, np.ndarray]] = []
-            for bits, variant in live:
-                m = out[(bits, variant)]
-                decoded = _round_trip(manifest, split, acts, bits, variant,
-                                      allocation if variant == "allocated" else ranges, m)
-                pending.append((m, decoded))
-                if (len(pending) + 1) * acts.size > CLASSIFY_VALUES:
-                    in_flight.append(pool.submit(classify, pending))
-                    pending = []
-            if pending:
+    for start in range(0, n, batch_size):
+        chunk = images[start:start + batch_size]
+        acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
+        # Decoded variants are classified together (one tail call, not one per variant), in
+        # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
+        pending: list[tuple[dict, np.ndarray]] = []
+        for bits, variant in live:
+            m = out[(bits, variant)]
+            decoded = _round_trip(manifest, split, acts, bits, variant,
+                                  allocation if variant == "allocated" else ranges, m)
+            pending.append((m, decoded))
+            if (len(pending) + 1) * acts.size > CLASSIFY_VALUES:
                 in_flight.append(pool.submit(classify, pending))
-            while len(in_flight) > 1:  # at most one chunk ahead: memory stays bounded
-                in_flight.pop(0).result()
-            if screen is not None and not screened and start + len(chunk) >= screen.after:
-                screened = True
-                for f in in_flight:
-                    f.result()
-                in_flight.clear()
-                live = [v for v in live if not _clearly_out(out[v]["pred"], screen)]
+                pending = []
+        if pending:
+            in_flight.append(pool.submit(classify, pending))
+        while len(in_flight) > 1:  # at most one chunk ahead: memory stays bounded
+            in_flight.pop(0).result()
+        if screen is not None and not screened and start + len(chunk) >= screen.after:
+            screened = True
+            for f in in_flight:
+                f.result()
+            in_flight.clear()
+            live = [v for v in live if not _clearly_out(out[v]["pred"], screen)]
+    if unfinished is None:
         for f in in_flight:
             f.result()
+    else:
+        unfinished.extend(in_flight)
     return out
 
 
 def _round_trip(manifest, split, acts: np.ndarray, bits: int, variant: str, own, m: dict) -> np.ndarray:
-    """Pack and unpack every activation of a chunk as the edge and the cloud would; records
-    bytes and times in `m`. A bit-exact payload (float32) gives the tail the head's own output."""
+    """Pack every activation of a chunk as the edge would, and return what the cloud decodes;
+    records bytes and times in `m`. A bit-exact payload (float32) gives the tail the head's own
+    output.
+
+    Only the first UNPACK_SAMPLE payloads of a variant are decoded (`unpack`): they time the
+    cloud's side and check, bit for bit, the values `pack_with_values` predicts, which stand in
+    for decoding the rest (decoding cost as much as packing). A mismatch, which would be a codec
+    bug, falls back to decoding every payload."""
     decoded = np.empty_like(acts)
     for i, a in enumerate(acts):
         t0 = time.perf_counter()
-        payload = codec.pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
-                             **codec.variant_kwargs(variant, bits, own))
+        payload, values = codec.pack_with_values(
+            a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
+            **codec.variant_kwargs(variant, bits, own))
         t1 = time.perf_counter()
-        decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
-        t2 = time.perf_counter()
         m["bytes"].append(len(payload))
         m["pack_s"].append(t1 - t0)
-        m["unpack_s"].append(t2 - t1)
+        if len(m["unpack_s"]) < UNPACK_SAMPLE or not m["values_match"]:
+            t1 = time.perf_counter()
+            decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
+            m["unpack_s"].append(time.perf_counter() - t1)
+            if m["values_match"] and not np.array_equal(values(), decoded[i]):
+                m["values_match"] = False
+                print(f"warning: {split.name} {bits} bits {variant}: pack_with_values differs from "
+                      "unpack; decoding every payload", file=sys.stderr)
+        else:
+            decoded[i] = values()
     exact = np.array_equal(decoded, acts)
     m["exact"] = m["exact"] and exact
     return acts if exact else decoded
@@ -364,7 +408,8 @@ def classifier(bundle: Path, manifest, split, keras_tail: Callable[[Any], Any], 
     (`keras_tail(split)` loads it)."""
     if backend == "tf":
         return keras_tail(split)
-    return LiteTail(_tails_interpreter(bundle / manifest.tails_tflite), split.tail_signature)
+    return LiteTail(_tails_interpreter(bundle / manifest.tails_tflite), split.tail_signature,
+                    batch=tail_batch(split.shape))
 
 
 _TAILS_INTERPRETER: dict[str, Any] = {}  # one bundle's tails.tflite at a time
@@ -378,12 +423,20 @@ def _tails_interpreter(path: Path):
     return _TAILS_INTERPRETER[key]
 
 
+def tail_batch(shape: Sequence[int]) -> int:
+    """Images per TFLite tail call: about TAIL_BATCH_VALUES input values, at most 64. Bigger
+    batches of a wide early activation run slower per image on XNNPACK (measured at the default
+    model's 80x80x16 split, 2 threads: 1.23 ms an image at batch 1, 1.46 at 50), while small
+    late tails gain from batching (0.22 vs 0.20 ms at 5x5x160)."""
+    return int(np.clip(TAIL_BATCH_VALUES // max(int(np.prod(shape)), 1), 1, 64))
+
+
 class LiteTail:
     """One split's TFLite tail that answers top-1 classes, in batches of at most `batch`."""
 
     backend = "litert"
 
-    def __init__(self, interpreter, signature: str, batch: int = 50):  # ProfileOptions.batch_size
+    def __init__(self, interpreter, signature: str, batch: int = 50):
         self.runner = interpreter.get_signature_runner(signature)
         self.batch = batch
 

@@ -358,7 +358,9 @@ def simulate(args, trace, policy: str, duration: float, device: str) -> dict:
     # The live cloud is this machine's CPU, so the simulator is told so.
     table = bundle.table_for(devices.device_class(device), devices.cloud_class("cpu"))
     sim_policy = {"auto": "dyno", "device": "device", "cloud": "cloud"}[policy]
-    params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4)
+    # static_fallback: the live cloud policy falls back to the device in outages, as dyno does
+    params = SimParams(frames=100000, duration_s=duration, rtt_ms=args.rtt_ms, pipeline_depth=4,
+                       static_fallback=True)
     res = run_sim(table, trace, sim_policy, Objective.single("throughput"), Slo(max_drop_pp=1.0), params,
                   keep_timeline=False)
     return res.summary

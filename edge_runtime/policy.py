@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
 from scheduler.core import Config, ConfigTable, Objective, Slo, Where
-from scheduler.scheduler import Decision, Scheduler, SchedulerParams
+from scheduler.scheduler import PinnedScheduler, Scheduler, SchedulerParams
 from splitinfer.bundle.device import device_profile_from_flops, load_device_profile
 from splitinfer.bundle.manifest import FULL, MANIFEST_FILE
 from splitinfer.bundle.profile import PROFILE_FILE, load_manifest_info
@@ -82,27 +82,3 @@ def board_head_ms(b: Bundle, factor: float) -> dict[str, float]:
     if factor <= 1.0 or b.device_estimated:
         return {}
     return {**{s: ms * factor for s, ms in b.device.heads_ms.items()}, FULL: b.device.full_ms * factor}
-
-
-class PinnedScheduler:
-    """One configuration always, except while the cloud is down (then device-only).
-
-    The wrapped scheduler still learns from every observation and owns fallback and probing, so a
-    fixed policy recovers exactly like `auto` does.
-    """
-
-    def __init__(self, inner: Scheduler, index: int, policy: str) -> None:
-        self.inner = inner
-        self.index = index
-        c = inner.table.configs[index]
-        self._decision = Decision(
-            split=c.split, bits=c.bits, where=c.where, key=c.key, index=index, latency_ms=0.0,
-            throughput_fps=0.0, bytes=c.bytes, cloud_ms=c.tail_ms, drop_pp=c.drop_pp,
-            reason=f"policy {policy}: always {c.key}", slo_met=True, fallback=False)
-
-    def decide(self, now_s: float) -> Decision:
-        d = self.inner.decide(now_s)
-        return d if d.fallback else self._decision
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

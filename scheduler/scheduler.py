@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-
+from typing import Any
 
 from scheduler.core import (Choice, CompiledChooser, ConfigTable, Evaluation, Objective,
                             Predictions, Slo, State, Where, estimate_all)
@@ -418,3 +418,27 @@ class Scheduler:
                         bytes=c.bytes if c.where is not Where.DEVICE else 0.0,
                         cloud_ms=float(ev.cloud_ms[i]), drop_pp=c.drop_pp, reason=reason,
                         slo_met=met, fallback=fallback)
+
+
+class PinnedScheduler:
+    """One configuration always, except while the cloud is down (then device-only).
+
+    The wrapped scheduler still learns from every observation and owns fallback and probing, so a
+    fixed policy recovers exactly like `auto` does.
+    """
+
+    def __init__(self, inner: Scheduler, index: int, policy: str) -> None:
+        self.inner = inner
+        self.index = index
+        c = inner.table.configs[index]
+        self._decision = Decision(
+            split=c.split, bits=c.bits, where=c.where, key=c.key, index=index, latency_ms=0.0,
+            throughput_fps=0.0, bytes=c.bytes, cloud_ms=c.tail_ms, drop_pp=c.drop_pp,
+            reason=f"policy {policy}: always {c.key}", slo_met=True, fallback=False)
+
+    def decide(self, now_s: float) -> Decision:
+        d = self.inner.decide(now_s)
+        return d if d.fallback else self._decision
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)

@@ -12,7 +12,8 @@ Online policies (dyno, neurosurgeon) drive a `Scheduler` with exactly the observ
 runtime has, delivered at the time the runtime would have them: upload time and RTT when the
 answer arrives, the server's tail and queue time, the device's own latency, failures when an
 upload exceeds the scheduler's timeout (the frame is then run on the device). Static policies
-(device, cloud, fixed8) never time out: they wait out outages, as a fixed deployment would.
+(device, cloud, fixed8) never time out: they wait out outages, as a fixed deployment would; with
+`static_fallback` (`--static-fallback`) cloud and fixed8 fall back as this project's edge does.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
 from scheduler.core import ConfigTable, Objective, Slo, Where
-from scheduler.scheduler import SchedulerParams
+from scheduler.scheduler import PinnedScheduler, Scheduler, SchedulerParams
 from scheduler.sim_policies import (  # noqa: F401 (fixed8_index, neurosurgeon_table: public here too)
     Events,
     OnlinePolicy,
@@ -74,6 +75,11 @@ class SimParams:
     cloud_load: float = 0.0            # other tenants' share of the server (0..1): tails run
                                        # 1 / (1 - load) slower, and answers report the load
     pipeline_depth: int = 6
+    # cloud and fixed8 as this project's edge runs them (`--policy cloud|fixed`): pinned to their
+    # configuration, but frames go to the device while the cloud is down (upload timeouts, then
+    # probes), exactly as dyno's do. False: they wait out outages, as a deployment without
+    # fallback would (the baselines of the regime map and benchmarks.scheduler).
+    static_fallback: bool = False
     noise: float = 0.03                # lognormal sigma of device and cloud compute times
     cwnd0: int = 10
     idle_restart_s: float = 0.2        # slow start again after the uplink idles this long
@@ -166,13 +172,25 @@ class _Run:
             jpeg = next((c for c in table.configs if c.where is Where.CLOUD), None)
             if jpeg is None:
                 raise ValueError("the cloud baseline needs the profile's jpeg entry")
-            return StaticPolicy(jpeg)
+            return self._static(jpeg, sched_params)
         if self.policy is Policy.FIXED8:
-            return StaticPolicy(table.configs[fixed8_index(
-                table, self.objective, self.slo, self.trace.mean_bps, prm.rtt_ms, prm.pipeline_depth)])
+            return self._static(table.configs[fixed8_index(
+                table, self.objective, self.slo, self.trace.mean_bps, prm.rtt_ms, prm.pipeline_depth)],
+                sched_params)
         return OraclePolicy(table, self.objective, self.slo, self.uplink, self.in_flight,
                             rtt_ms=prm.rtt_ms, background_queue_ms=self.background_s * 1e3,
                             pipeline_depth=prm.pipeline_depth)
+
+    def _static(self, config, sched_params: SchedulerParams):
+        """One configuration; with `static_fallback`, pinned in the live scheduler as the edge
+        runtime pins it (edge_runtime/policy.py), so it falls back and recovers the same way."""
+        if not self.prm.static_fallback:
+            return StaticPolicy(config)
+        table = self.table.select(lambda c: c.key == config.key)
+        inner = Scheduler(table, self.objective, self.slo, replace(sched_params, relief=False))
+        pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
+        return OnlinePolicy(PinnedScheduler(inner, pinned, self.policy.value), self.uplink, self.events,
+                            self.prm.rtt_ms, self.jitter)
 
     def frames(self, keep_timeline: bool) -> None:
         prm = self.prm
@@ -343,6 +361,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bundle", type=Path, help="bundle directory (manifest.json, profile.json)")
     ap.add_argument("--trace", help="Mahimahi .up file, 'time_s mbit_s' file, or synthetic:...")
     ap.add_argument("--policy", default="dyno", help=f"one of {[p.value for p in Policy]}")
+    ap.add_argument("--static-fallback", action="store_true",
+                    help="cloud and fixed8 fall back to the device in outages, as the edge runtime's "
+                         "--policy cloud|fixed does (default: they wait outages out)")
     ap.add_argument("--pipeline-depth", type=int, default=SimParams.pipeline_depth,
                     help="offloaded frames in flight at most")
     ap.add_argument("--profile", type=Path, help="profile.json (default DIR/profile.json)")
@@ -400,7 +421,8 @@ def run_cli(argv: list[str] | None = None) -> int:
     res = simulate(bundle.table_for(dev, cloud), trace, policy, Objective.parse(args.objective),
                    slo, SimParams(frames=args.frames, fps=args.fps, duration_s=args.duration_s,
                                   start_s=args.start_s, rtt_ms=args.rtt_ms, seed=args.seed,
-                                  pipeline_depth=args.pipeline_depth),
+                                  pipeline_depth=args.pipeline_depth,
+                                  static_fallback=args.static_fallback),
                    keep_timeline=True)
     res.summary.update(device=dev.name, device_factor=factor, cloud=cloud.name,
                        bundle=str(args.bundle), device_profile=(

@@ -99,7 +99,8 @@ def test_sequential_and_nested_models(tmp_path):
     result = run_module("converter", str(path), "--out", str(tmp_path / "b"), "--no-progress")
     assert result.returncode == 0, result.stderr
     manifest = load_manifest(tmp_path / "b")
-    assert manifest.split_names == ["input", "c1", "r1", "flat", "logits"]
+    assert manifest.split_names == ["input", "c1", "r1", "logits"]  # flat holds r1's values
+    assert manifest.converter["merged"] == {"flat": "r1"}
     errors = independent_check(tmp_path / "b", manifest.split_names)
     assert max(errors.values()) < 1e-3
 

@@ -87,3 +87,26 @@ def test_spread_by_compute_with_sizes_never_returns_more_than_count():
     for count in range(1, 12):
         got = spread_by_compute(cum, 99, count, sizes=sizes)
         assert got[0] == 0 and len(got) <= count and got == sorted(set(got))
+
+
+def test_equivalent_cuts_offer_one_of_each_pair_with_the_same_information():
+    from converter.graph import equivalent_cuts
+
+    kinds = ["input", "Rescaling", "Conv2D", "BatchNormalization", "ReLU", "ZeroPadding2D",
+             "DepthwiseConv2D", "BatchNormalization", "Dropout", "Add", "BatchNormalization"]
+    follows = [False, True, True, True, True, True, True, True, True, True, False]
+    assert equivalent_cuts(kinds, follows) == {
+        1: 0,  # the input is kept: cloud-only
+        2: 3,  # the conv's output folds into its BN's
+        5: 4,  # padding adds zeros only
+        6: 7,
+        8: 7,  # dropout is the identity at inference
+    }  # the last BN does not follow the cut before it (a residual join): kept
+
+
+def test_equivalent_cuts_resolve_chains_to_the_cut_that_is_kept():
+    from converter.graph import equivalent_cuts
+
+    kinds = ["input", "Conv2D", "BatchNormalization", "BatchNormalization", "Flatten", "Reshape"]
+    assert equivalent_cuts(kinds, [False] + [True] * 5) == {1: 3, 2: 3, 4: 3, 5: 3}
+    assert equivalent_cuts(["input", "Conv2D"], [False, True]) == {}

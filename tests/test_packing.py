@@ -166,6 +166,40 @@ def test_float_widths_exact(x):
     assert (err <= bound + 1e-30).all()
 
 
+
+@SETTINGS
+@given(
+    x=hnp.arrays(np.float32, shapes, elements=st.floats(-6e4, 6e4, width=32)),
+    bits=st.sampled_from(codec.BITS),
+    variant=st.sampled_from(("frame", "channel-f16", "tensor", "calibrated", "clipped")),
+    layout=st.sampled_from(codec.LAYOUTS),
+)
+def test_pack_with_values_is_what_unpack_decodes(x, bits, variant, layout):
+    """The profiler trusts these values instead of decoding every payload: bit for bit."""
+    kwargs: dict = {"layout": layout if bits in QBITS or layout in codec.FLOAT_LAYOUTS else None}
+    ranges = None
+    if bits in QBITS and variant == "calibrated" and x.size:
+        ranges = kwargs["ranges"] = codec.calibrate_ranges(x, percentile=99.0)
+    elif bits in QBITS and variant == "clipped":
+        kwargs["clip_sigmas"] = 2.0
+    elif bits in QBITS and variant in ("channel-f16", "tensor"):
+        kwargs["params"] = variant
+        x = x / 16 if variant == "channel-f16" else x
+    payload, values = codec.pack_with_values(x, bits, **kwargs)
+    assert payload == codec.pack(x, bits, **kwargs)
+    expected = codec.unpack(payload, ranges=ranges)
+    got = values()
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got.view(np.uint32), expected.view(np.uint32))  # -0.0 too
+
+
+def test_pack_with_values_for_an_allocation():
+    x = relu6_activation((5, 4, 6))
+    ranges = codec.calibrate_ranges(x[None], percentile=100.0)
+    allocation = ChannelRanges(lo=ranges.lo, hi=ranges.hi, bits=np.array([0, 1, 2, 3, 4, 8], np.uint8))
+    payload, values = codec.pack_with_values(x, codec.MIXED_BITS, ranges=allocation)
+    assert np.array_equal(values(), codec.unpack(payload, ranges=allocation))
+
 def test_float32_is_little_endian_on_the_wire():
     x = np.arange(6, dtype=">f4").reshape(2, 3)  # big-endian input
     data = codec.pack(x, 32, layout="pixel-dense", quality=0)

@@ -123,3 +123,44 @@ def test_a_variant_is_screened_out_only_when_clearly_over_the_screen():
     assert not _clearly_out([0] * 100, screen)
     unlabelled = Screen(float_pred, None, after=100, drop_pp=5.0)  # disagreement with the float model
     assert _clearly_out(wrong_20, unlabelled) and not _clearly_out(wrong_4, unlabelled)
+
+
+def test_tail_batch_keeps_wide_activations_alone_and_batches_small_ones():
+    from converter.profile import tail_batch
+
+    assert tail_batch((80, 80, 16)) == 1  # the default model's early split
+    assert tail_batch((10, 10, 64)) == 10
+    assert tail_batch((1280,)) == 51
+    assert tail_batch((10,)) == 64  # at most 64
+
+
+@pytest.mark.slow
+def test_profile_decodes_every_payload_when_predicted_values_disagree(tiny_bundle, tmp_path, monkeypatch, capsys):
+    """The profiler trusts `pack_with_values` only after checking it bit for bit on a sample."""
+    import numpy as np
+
+    import splitinfer as si
+    from converter.profile import UNPACK_SAMPLE
+    from splitinfer import codec
+
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (UNPACK_SAMPLE + 8, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 10, len(images))
+    calibration = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+
+    def answers(profile):
+        return [(c.split, c.bits, c.variant, c.point_drop_pp, c.upper_drop_pp, c.bytes_mean) for c in profile.configs]
+
+    trusted = si.profile(copy_bundle(tiny_bundle, tmp_path / "a"), images, labels,
+                         calibration=calibration, bits=(2, 8))
+    real = codec.pack_with_values
+
+    def wrong_values(x, bits, **kwargs):
+        payload, values = real(x, bits, **kwargs)
+        return payload, lambda: values() + 1.0
+
+    monkeypatch.setattr(codec, "pack_with_values", wrong_values)
+    checked = si.profile(copy_bundle(tiny_bundle, tmp_path / "b"), images, labels,
+                         calibration=calibration, bits=(2, 8))
+    assert "decoding every payload" in capsys.readouterr().err
+    assert answers(checked) == answers(trusted)

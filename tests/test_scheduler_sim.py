@@ -82,6 +82,23 @@ def test_outage_falls_back_and_recovers(table):
     assert s["throughput_fps"] > cloud["throughput_fps"]
 
 
+def test_static_fallback_runs_the_cloud_policy_as_the_edge_runtime_does(table):
+    """Pinned to its configuration, but on the device while the cloud is down, then back."""
+    tr = outage(30.0, 10.0, 20.0, 40.0)
+    waits = simulate(table, tr, Policy.CLOUD, THR, SLO, SimParams(frames=10_000, duration_s=35.0))
+    falls = simulate(table, tr, Policy.CLOUD, THR, SLO,
+                     SimParams(frames=10_000, duration_s=35.0, static_fallback=True))
+    assert waits.summary["fallback_frames"] == 0 and waits.summary["failures"] == 0
+    assert falls.summary["failures"] >= 1 and falls.summary["fallback_frames"] > 0
+    during = [r for r in falls.timeline if 12.0 < r.t_s < 19.0]
+    assert during and all(r.where == "device" for r in during)
+    before = [r for r in falls.timeline if r.t_s < 9.0]
+    after = [r for r in falls.timeline if r.t_s > 25.0]
+    assert {r.where for r in before} == {"cloud"}
+    assert after and {r.key for r in after if not r.fallback} == {before[0].key}
+    assert falls.summary["window_fps"] > waits.summary["window_fps"]
+
+
 def test_fixed8_picks_an_8_bit_split(table):
     i = fixed8_index(table, THR, SLO, 20e6, 60.0, 6)
     assert table.configs[i].bits == 8 and table.configs[i].where is Where.SPLIT

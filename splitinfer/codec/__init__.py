@@ -111,6 +111,7 @@ from splitinfer.codec.params import (
 )
 from splitinfer.codec.payload import (
     pack,
+    pack_with_values,
     unpack,
 )
 from splitinfer.codec.quantize import (
@@ -164,6 +165,7 @@ __all__ = [
     "dequantize",
     "error_bound",
     "pack",
+    "pack_with_values",
     "params_nbytes",
     "quantization_step",
     "quantize",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Callable
 
 import brotli
 import numpy as np
@@ -81,9 +82,35 @@ def pack(
     TypeError for non-numeric input and PackingError for NaN/inf, values beyond float16 at
     bits=16, or bad arguments.
     """
+    return pack_with_values(x, bits, model_sha256=model_sha256, split=split, split_index=split_index,
+                            ranges=ranges, layout=layout, quality=quality, params=params,
+                            clip_sigmas=clip_sigmas)[0]
+
+
+def pack_with_values(
+    x: np.ndarray,
+    bits: int,
+    *,
+    model_sha256: str | None = None,
+    split: str | None = None,
+    split_index: int | None = None,
+    ranges: ChannelRanges | None = None,
+    layout: str | None = None,
+    quality: int | None = None,
+    params: str | None = None,
+    clip_sigmas: float | None = None,
+) -> tuple[bytes, Callable[[], np.ndarray]]:
+    """`pack`, plus a function that returns what `unpack` will decode from the payload, without
+    decoding it (bit for bit the same float32 array).
+
+    For whoever needs the receiver's values of many payloads (the profiler): decompressing costs
+    as much as packing. The values are computed only when the function is called, so timing this
+    call times packing alone.
+    """
     arr = as_float32(x)
     if is_mixed(bits):
-        return pack_allocated(arr, ranges, layout, quality, params, model_sha256, split, split_index)
+        payload = pack_allocated(arr, ranges, layout, quality, params, model_sha256, split, split_index)
+        return payload, lambda: unpack(payload, ranges=ranges)
     bits = check_bits(bits)
     layout = resolve_layout(layout, bits)
     check_quality(quality)
@@ -101,6 +128,9 @@ def pack(
     if bits in FLOAT_DTYPES:
         mode = "none"
         raw = float_section(flat, bits, layout)
+
+        def values() -> np.ndarray:
+            return arr.astype(FLOAT_DTYPES[bits]).astype(np.float32).reshape(shape)
     else:
         fitted = fit_params(flat, bits, resolve_params(params, ranges, bits), ranges, clip_sigmas)
         mode = fitted.mode
@@ -109,10 +139,13 @@ def pack(
         symbols = quantize_2d(flat, fitted.lo, fitted.scale, bits)
         raw = fitted.section + symbol_section(symbols, bits, layout)
 
+        def values() -> np.ndarray:  # fitted lo and scale are exactly what the decoder reads
+            return dequantize_2d(symbols, fitted.lo, fitted.scale).reshape(shape)
+
     level = default_quality(bits, len(raw)) if quality is None else int(quality)
     body = brotli.compress(raw, mode=BROTLI_MODE, quality=level)
     return assemble(bits, layout, mode, model_sha256 is not None, shape, index, sha, name,
-                     calibration_ref, body)
+                    calibration_ref, body), values
 
 
 def unpack(
