@@ -117,6 +117,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
     tails, first_act, unfinished = {}, {}, []  # unfinished: (split, measured, allocation, futures)
+    lossless: list[Lossless] = []  # finished lossless configurations, for the screen
 
     def finish(split, measured, allocation, futures) -> None:
         for f in futures:
@@ -135,6 +136,10 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             }
             if variant == "allocated":
                 row["mean_bits"] = allocation.mean_bits
+            if "screened" in m:
+                row["screened"] = m["screened"]
+            elif m["exact"] and row["agreement"] == 1.0:
+                lossless.append(Lossless(split.name, bits, split.tail_flops, row["bytes_mean"], row["pack_ms"]))
             variants.append(row)
         configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
 
@@ -156,7 +161,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
                 # gradients need the Keras tail
                 allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
                 calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
-            screen = Screen(float_pred, dataset.labels) if options.screen else None
+            screen = Screen(float_pred, dataset.labels, lossless=tuple(lossless)) if options.screen else None
             futures: list = []
             measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
                                      split_variants(options.bits, allocation is not None),
@@ -273,15 +278,43 @@ def split_variants(bits: Sequence[int], allocated: bool) -> list[tuple[int, str]
 
 
 @dataclass(frozen=True)
+class Lossless:
+    """A measured configuration that loses nothing: bit-exact payloads, and every answer the
+    float model's, so its drop is 0 with no sampling error."""
+
+    split: str
+    bits: int
+    tail_flops: int
+    bytes_mean: float
+    pack_ms: float
+
+
+@dataclass(frozen=True)
 class Screen:
-    """Stop measuring a variant once it is clearly out of any budget worth serving: after at
-    least `after` images, when the lower bound of its drop is above `drop_pp`. Its row keeps the
-    images it was measured on, and bounds as wide as those few images give (still valid)."""
+    """Stop measuring a variant once it cannot matter, and say why in its row (`screened`). Its
+    row keeps the images it was measured on, and bounds as wide as those few images give (still
+    valid).
+
+    * Out of any budget worth serving: after at least `after` images, the lower bound of its
+      drop is above `drop_pp`.
+    * Dominated: a lossless configuration at an earlier split (`lossless`, filled in as splits
+      finish) sends no more bytes and packs no slower, with a head no longer and a tail at most
+      `tail_slack` times as long. Every objective then prefers it: it is at least as accurate
+      for certain, while this variant's drop could only be bounded from its images. That is
+      what prunes the float and high-bit payloads of wide early activations (614,400 values at
+      the default model's block_1_expand_relu), the costliest rows of an all-splits profile.
+      Checked after every chunk (bytes and packing times are steady after one)."""
 
     float_pred: np.ndarray
     labels: np.ndarray | None
     after: int = 100
     drop_pp: float = 5.0
+    lossless: tuple[Lossless, ...] = ()
+    tail_slack: float = 1.25
+
+    def dominating(self, tail_flops: int, bytes_mean: float, pack_ms: float) -> Lossless | None:
+        return next((w for w in self.lossless if w.tail_flops <= tail_flops * self.tail_slack
+                     and w.bytes_mean <= bytes_mean and w.pack_ms <= pack_ms), None)
 
 
 def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
@@ -328,12 +361,23 @@ def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
             in_flight.append(pool.submit(classify, pending))
         while len(in_flight) > 1:  # at most one chunk ahead: memory stays bounded
             in_flight.pop(0).result()
-        if screen is not None and not screened and start + len(chunk) >= screen.after:
+        if screen is None:
+            continue
+        for v in live:
+            m = out[v]
+            w = screen.dominating(split.tail_flops, float(np.mean(m["bytes"])), float(np.mean(m["pack_s"])) * 1e3)
+            if w is not None:
+                m["screened"] = (f"dominated by {w.split} at {w.bits} bits: lossless, "
+                                 f"{w.bytes_mean:.0f} B, packs in {w.pack_ms:.2f} ms")
+        if not screened and start + len(chunk) >= screen.after:
             screened = True
             for f in in_flight:
                 f.result()
             in_flight.clear()
-            live = [v for v in live if not _clearly_out(out[v]["pred"], screen)]
+            for v in live:
+                if "screened" not in out[v] and _clearly_out(out[v]["pred"], screen):
+                    out[v]["screened"] = f"drop above {screen.drop_pp:g} pp at its lower bound"
+        live = [v for v in live if "screened" not in out[v]]
     if unfinished is None:
         for f in in_flight:
             f.result()

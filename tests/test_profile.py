@@ -164,3 +164,17 @@ def test_profile_decodes_every_payload_when_predicted_values_disagree(tiny_bundl
                          calibration=calibration, bits=(2, 8))
     assert "decoding every payload" in capsys.readouterr().err
     assert answers(checked) == answers(trusted)
+
+
+def test_a_lossless_earlier_configuration_dominates_only_when_better_on_every_count():
+    import numpy as np
+
+    from converter.profile import Lossless, Screen
+
+    w = Lossless("early", 32, tail_flops=1000, bytes_mean=500_000.0, pack_ms=4.0)
+    screen = Screen(np.zeros(10), None, lossless=(w,))
+    assert screen.dominating(tail_flops=900, bytes_mean=1_200_000.0, pack_ms=9.0) is w
+    assert screen.dominating(900, 400_000.0, 9.0) is None  # fewer bytes
+    assert screen.dominating(900, 1_200_000.0, 3.0) is None  # packs faster
+    assert screen.dominating(700, 1_200_000.0, 9.0) is None  # leaves the cloud much less work
+    assert Screen(np.zeros(10), None).dominating(900, 1e9, 1e9) is None
