@@ -20,10 +20,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from converter.classify import TAIL_BACKENDS, classifier, classify_top1, predict, resolve_backend, tail_latency_ms
 from converter.confidence import CONFIDENCE, drop_interval
 from converter.datasets import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -32,7 +33,7 @@ from converter.datasets import (
     load_dataset,
 )
 from edge_runtime.images import ImageError, decode_image, encode_jpeg
-from splitinfer.litert import load_interpreter, run_once, run_tail
+from splitinfer.litert import load_interpreter, run_once
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
@@ -55,11 +56,9 @@ ALLOCATION_AGREEMENT = 0.97
 #: (162 vs 282 B at 2 bits, no accuracy lost) but never beat the uniform variants on the 4
 #: spatial splits tried (brotli's spatial context does better there), at ~8 s of profiling each.
 ALLOCATE_CHOICES = ("vectors", "all", "none")
-TAIL_BACKENDS = ("auto", "litert", "tf")
 # A variant with fewer bytes replaces the most accurate one only if it costs at most this much.
 VARIANT_TOLERANCE_PP = 0.25
 CLASSIFY_VALUES = 1 << 25  # float32 values per tail call (128 MiB)
-TAIL_BATCH_VALUES = 1 << 16  # `tail_batch`
 UNPACK_SAMPLE = 32  # payloads per (split, variant) that are decoded, timed and checked (`_round_trip`)
 
 
@@ -114,7 +113,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     configs, variants, calibration = [], [], {}
     # tail_ms is the batch-1 time on this CPU of the tails that classified (`tail_backend`): the
     # scheduler's cloud classes are scaled from it (scheduler/devices.py).
-    split_info = {"input": {"tail_ms": _tail_latency_ms(full, dataset.images[:1])}}
+    split_info = {"input": {"tail_ms": tail_latency_ms(full, dataset.images[:1])}}
     splits = [s for s in manifest.splits if s.head is not None]
     tails, first_act, unfinished = {}, {}, []  # unfinished: (split, measured, allocation, futures)
     lossless: list[Lossless] = []  # finished lossless configurations, for the screen
@@ -143,7 +142,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             variants.append(row)
         configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
 
-    # One tail thread for the whole run: the last chunks of a split still classify while this
+    # One tail thread for the whole run: the last chunk of a split still classifies while this
     # thread runs the next split's head on the calibration images.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
         for split in _progress(splits, manifest.full_flops, options.progress):
@@ -153,11 +152,14 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             ranges = codec.calibrate_ranges(calib_acts)
             calibration[split.name] = {"ranges": ranges.to_json()}
             first_act[split.name] = calib_acts[:1]
+            # The previous split's last chunk classified while this one ran its head: finish it,
+            # so that its lossless configurations screen this split's variants, and so that the
+            # allocation below can use the tails (one interpreter: one thread at a time).
+            while unfinished:
+                finish(*unfinished.pop(0))
             allocation = None
             if codec.MIXED_BITS in options.bits and (
                     options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
-                while unfinished:  # the tails share one interpreter: one thread at a time
-                    finish(*unfinished.pop(0))
                 # gradients need the Keras tail
                 allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
                 calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
@@ -166,14 +168,12 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
                                      split_variants(options.bits, allocation is not None),
                                      options.batch_size, allocation, screen, pool=pool, unfinished=futures)
-            while unfinished:
-                finish(*unfinished.pop(0))
             unfinished.append((split, measured, allocation, futures))
         while unfinished:
             finish(*unfinished.pop(0))
     # Timed once nothing else runs: the scheduler's cloud classes are scaled from these.
     for name, tail in tails.items():
-        split_info[name] = {"tail_ms": _tail_latency_ms(tail, first_act[name])}
+        split_info[name] = {"tail_ms": tail_latency_ms(tail, first_act[name])}
 
     profile = {
         "version": PROFILE_VERSION,
@@ -241,7 +241,7 @@ def fit_allocation(tail, calib_acts: np.ndarray, classify=None) -> tuple[codec.C
     fits = alloc.fit_widths(calib_acts)
     importance = alloc.channel_importance(tail, calib_acts)  # gradients: the Keras tail
     classify = tail if classify is None else classify
-    reference = _classify(classify, calib_acts)
+    reference = classify_top1(classify, calib_acts)
     candidates: dict[int, codec.ChannelRanges] = {}
     tried = []
 
@@ -251,7 +251,7 @@ def fit_allocation(tail, calib_acts: np.ndarray, classify=None) -> tuple[codec.C
         decoded = np.stack([codec.unpack(codec.pack(a, codec.MIXED_BITS, ranges=candidate),
                                            ranges=candidate) for a in calib_acts])
         tried.append({"mean_bits": ALLOCATION_BUDGETS[i],
-                      "agreement": float(np.mean(_classify(classify, decoded) == reference))})
+                      "agreement": float(np.mean(classify_top1(classify, decoded) == reference))})
         return tried[-1]["agreement"]
 
     lo, hi = 0, len(ALLOCATION_BUDGETS) - 1  # bisection for the first budget that reaches it
@@ -299,8 +299,8 @@ class Screen:
       drop is above `drop_pp`.
     * Dominated: a lossless configuration at an earlier split (`lossless`, filled in as splits
       finish) sends no more bytes and packs no slower, with a head no longer and a tail at most
-      `tail_slack` times as long. Every objective then prefers it: it is at least as accurate
-      for certain, while this variant's drop could only be bounded from its images. That is
+      `tail_slack` times as long. Every objective but the cloud's own cost then prefers it: it
+      is at least as accurate for certain, while this variant's drop is only bounded. That is
       what prunes the float and high-bit payloads of wide early activations (614,400 values at
       the default model's block_1_expand_relu), the costliest rows of an all-splits profile.
       Checked after every chunk (bytes and packing times are steady after one)."""
@@ -339,7 +339,7 @@ def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
     screened = False
 
     def classify(group: list[tuple[dict, np.ndarray]]) -> None:
-        preds = _classify(tail, np.concatenate([d for _, d in group])).reshape(len(group), -1)
+        preds = classify_top1(tail, np.concatenate([d for _, d in group])).reshape(len(group), -1)
         for (m, _), p in zip(group, preds):
             m["pred"].extend(p.tolist())
 
@@ -425,83 +425,6 @@ def _clearly_out(pred: list, screen: Screen) -> bool:
     return drop_interval(screen.float_pred[:k], np.array(pred), labels).lower_pp > screen.drop_pp
 
 
-def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([_classify(model, images[i:i + batch]) for i in range(0, len(images), batch)])
-
-
-_COMPILED: list = []  # [(model, compiled fn)]: one model at a time, the profiler walks splits in order
-
-
-def resolve_backend(manifest, backend: str = "auto") -> str:
-    """`litert` or `tf` for the whole bundle: `auto` is LiteRT when every split has a TFLite
-    tail (one backend for all, so that every tail_ms is on the same footing)."""
-    if backend not in TAIL_BACKENDS:
-        raise ValueError(f"Expected a tail backend in {TAIL_BACKENDS}. Received: {backend!r}")
-    missing = manifest.splits_without_tflite_tail
-    if backend == "litert" and missing:
-        raise BundleError(f"split {missing[0]!r} has no TFLite tail: reconvert the bundle "
-                          "(python -m converter) or pass --tail-backend tf")
-    if backend == "auto":
-        return "tf" if missing else "litert"
-    return backend
-
-
-def classifier(bundle: Path, manifest, split, keras_tail: Callable[[Any], Any], backend: str):
-    """What classifies at `split` for a resolved backend (`resolve_backend`): its TFLite tail on
-    LiteRT (several times faster on a CPU, and what a CPU cloud serves), or its Keras tail
-    (`keras_tail(split)` loads it)."""
-    if backend == "tf":
-        return keras_tail(split)
-    return LiteTail(_tails_interpreter(bundle / manifest.tails_tflite), split.tail_signature,
-                    batch=tail_batch(split.shape))
-
-
-_TAILS_INTERPRETER: dict[str, Any] = {}  # one bundle's tails.tflite at a time
-
-
-def _tails_interpreter(path: Path):
-    key = f"{path.resolve()}:{path.stat().st_mtime_ns}"
-    if key not in _TAILS_INTERPRETER:
-        _TAILS_INTERPRETER.clear()
-        _TAILS_INTERPRETER[key] = load_interpreter(path)[0]
-    return _TAILS_INTERPRETER[key]
-
-
-def tail_batch(shape: Sequence[int]) -> int:
-    """Images per TFLite tail call: about TAIL_BATCH_VALUES input values, at most 64. Bigger
-    batches of a wide early activation run slower per image on XNNPACK (measured at the default
-    model's 80x80x16 split, 2 threads: 1.23 ms an image at batch 1, 1.46 at 50), while small
-    late tails gain from batching (0.22 vs 0.20 ms at 5x5x160)."""
-    return int(np.clip(TAIL_BATCH_VALUES // max(int(np.prod(shape)), 1), 1, 64))
-
-
-class LiteTail:
-    """One split's TFLite tail that answers top-1 classes, in batches of at most `batch`."""
-
-    backend = "litert"
-
-    def __init__(self, interpreter, signature: str, batch: int = 50):
-        self.runner = interpreter.get_signature_runner(signature)
-        self.batch = batch
-
-    def top1(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        return np.concatenate([np.argmax(run_tail(self.runner, x[i:i + self.batch]), axis=-1)
-                               for i in range(0, len(x), self.batch)])
-
-
-def _classify(model, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes through a traced tf.function (eager Keras costs more than the math here)."""
-    if isinstance(model, LiteTail):
-        return model.top1(x)
-    if not _COMPILED or _COMPILED[0][0] is not model:
-        tf = import_tensorflow()
-        spec = tf.TensorSpec([None, *model.inputs[0].shape[1:]], tf.float32)
-        fn = tf.function(lambda t: tf.argmax(model(t, training=False), axis=-1), input_signature=[spec])
-        _COMPILED[:] = [(model, fn)]
-    return _COMPILED[0][1](x).numpy()
-
-
 def _accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
     return None if labels is None else float(np.mean(pred == labels))
 
@@ -532,19 +455,6 @@ def _drop_for_choice(row: dict) -> float:
 def _byte_stats(sizes) -> dict:
     sizes = np.asarray(sizes, dtype=np.float64)
     return {"bytes_mean": float(sizes.mean()), "bytes_p95": float(np.percentile(sizes, 95))}
-
-
-def _tail_latency_ms(tail, one: np.ndarray, repeats: int = 10) -> float:
-    """Batch-1 latency of the tail as a server runs it: a traced tf.function, not eager Keras
-    (the profiler's own traced function: the top-1 it adds costs nothing next to the tail)."""
-    for _ in range(3):  # trace and warm up
-        _classify(tail, one)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _classify(tail, one)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
 
 
 def _check_bits(bits: Sequence[int]) -> None:

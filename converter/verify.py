@@ -70,7 +70,8 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
                   progress: bool = True) -> tuple[list[Verdict], dict]:
     """Replay the chosen configurations of BUNDLE/profile.json on `count` unseen images."""
     from converter.datasets import fresh_dataset
-    from converter.profile import classifier, measure_split, predict, resolve_backend
+    from converter.classify import classifier, predict, resolve_backend
+    from converter.profile import measure_split
     from splitinfer.litert import load_interpreter
     from splitinfer.bundle.calibration import load_calibration
     from splitinfer.bundle.manifest import load_manifest

@@ -126,7 +126,7 @@ def test_a_variant_is_screened_out_only_when_clearly_over_the_screen():
 
 
 def test_tail_batch_keeps_wide_activations_alone_and_batches_small_ones():
-    from converter.profile import tail_batch
+    from converter.classify import tail_batch
 
     assert tail_batch((80, 80, 16)) == 1  # the default model's early split
     assert tail_batch((10, 10, 64)) == 10

@@ -83,7 +83,7 @@ def test_litert_and_keras_backends_agree_on_every_tail(tiny_bundle):
 def test_the_profiler_uses_one_backend_for_the_whole_bundle(tiny_bundle):
     import dataclasses
 
-    from converter.profile import resolve_backend
+    from converter.classify import resolve_backend
     from splitinfer.errors import BundleError
 
     manifest = load_manifest(tiny_bundle)
