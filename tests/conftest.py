@@ -33,7 +33,7 @@ def tiny_model_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_model_path) -> Path:
-    """A converted bundle of the tiny model, with every split (shared by many tests)."""
+    """A converted bundle of the tiny model, with every distinct split (shared by many tests)."""
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     result = run_module("converter", str(tiny_model_path), "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
