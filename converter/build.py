@@ -241,7 +241,7 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
         # check vacuous, so the activation at the cut is checked too.
         expected = np.concatenate([np.asarray(head_model(s[None], training=False)) for s in samples])
         head_err = _compare(expected, activations)
-        t = keras.Input(shape=cand.shape, name="activation")
+        t = keras.Input(shape=cand.shape, name=_fresh_name("activation", {n.name for n in p.graph.nodes}))
         tail_model = keras.Model(t, G.replay(p.graph, cand.tensor, t, p.graph.sink), name=f"tail_{file_stem}")
     tail_path = f"tails/{file_stem}.keras"
     tail_model.save(work / tail_path)
@@ -322,6 +322,16 @@ def _signature_keys(names: Sequence[str]) -> list[str]:
         key = re.sub(r"[^A-Za-z0-9_]", "_", name)
         keys.append(key if key not in keys else f"{key}_{i}")
     return keys
+
+
+def _fresh_name(base: str, taken: set[str]) -> str:
+    """`base`, or `base_in`, `base_in_1`, ...: the first one no layer of the model is called (a
+    tail's input named like one of its layers does not build; InceptionV3 has an `activation`)."""
+    name, k = base, 0
+    while name in taken:
+        name = f"{base}_in" if k == 0 else f"{base}_in_{k}"
+        k += 1
+    return name
 
 
 def safe_filename(name: str) -> str:

@@ -209,3 +209,22 @@ def test_manifest_checks(tiny_bundle, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match="version 99"):
         load_manifest(copy)
+
+
+def test_a_layer_named_like_the_tail_input_still_converts(tmp_path):
+    """InceptionV3 calls its first Activation `activation`: the cut before it must convert."""
+    import keras
+    from keras import layers
+
+    inp = keras.Input((16, 16, 3))
+    x = layers.Conv2D(4, 3, use_bias=False, name="conv")(inp)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.Activation("relu", name="activation")(x)
+    out = layers.Dense(3, name="logits")(layers.GlobalAveragePooling2D(name="gap")(x))
+    path = tmp_path / "named.keras"
+    keras.Model(inp, out, name="named").save(path)
+    result = run_module("converter", str(path), "--out", str(tmp_path / "b"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    manifest = load_manifest(tmp_path / "b")
+    assert manifest.split_names == ["input", "bn", "activation", "gap"] and not manifest.skipped
+    assert max(independent_check(tmp_path / "b", manifest.split_names).values()) < 1e-3

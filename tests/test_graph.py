@@ -110,3 +110,11 @@ def test_equivalent_cuts_resolve_chains_to_the_cut_that_is_kept():
     kinds = ["input", "Conv2D", "BatchNormalization", "BatchNormalization", "Flatten", "Reshape"]
     assert equivalent_cuts(kinds, [False] + [True] * 5) == {1: 3, 2: 3, 4: 3, 5: 3}
     assert equivalent_cuts(["input", "Conv2D"], [False, True]) == {}
+
+
+def test_a_tail_input_never_takes_a_layer_name():
+    from converter.build import _fresh_name
+
+    assert _fresh_name("activation", {"conv", "bn"}) == "activation"
+    assert _fresh_name("activation", {"activation"}) == "activation_in"
+    assert _fresh_name("activation", {"activation", "activation_in"}) == "activation_in_1"
