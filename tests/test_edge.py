@@ -143,3 +143,23 @@ def test_cli_jsonl_and_errors(profiled_bundle, cloud, tmp_path):
         r = run_module("edge_runtime", *args)
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_an_emulated_board_packs_in_the_profiles_board_time_not_this_hosts_times_a_factor(profiled_bundle):
+    """Packing is padded to the table's board time for the configuration (the profile's pack
+    time on this machine x the class's single-thread factor), as heads are: multiplying this
+    run's own time would multiply whatever slowed this host by the factor."""
+    bundle, _ = profiled_bundle
+    config = EdgeConfig(policy="fixed", split="res_add", bits=8, device_class="pi-zero2")
+    rt = EdgeRuntime(bundle, "http://127.0.0.1:9", config)
+    try:
+        table = rt.scheduler.table
+        i = next(k for k, c in enumerate(table.configs) if c.split == "res_add" and c.bits == 8)
+        board = table.configs[i].pack_ms
+        assert rt.serial_factor > 1 and board > 0
+        quick = board / rt.serial_factor / 4  # a run 4x faster here than the profile measured
+        assert rt._pad_packing(quick, i) == pytest.approx(board)  # not quick x factor
+        slow = board * 2  # slower than the board itself: kept as measured
+        assert rt._pad_packing(slow, i) == slow
+    finally:
+        rt.close()
