@@ -291,8 +291,8 @@ def load_frames(args):
     from models import scenes
 
     images, labels = scenes.make_scenes("test", np.arange(1000, 1600))  # not the profiled scenes
-    return [Frame(i, img.astype(np.float32), int(l), f"test-{1000 + i}")
-            for i, (img, l) in enumerate(zip(images, labels))]
+    return [Frame(i, img.astype(np.float32), int(label), f"test-{1000 + i}")
+            for i, (img, label) in enumerate(zip(images, labels))]
 
 
 def live_run(args, link, url: str, policy: str, frames, duration: float, device: str) -> dict:
