@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -142,8 +142,15 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             variants.append(row)
         configs.extend(choose_variants([v for v in variants if v["split"] == split.name]))
 
+    def finished_lossless() -> list[Lossless]:
+        """The lossless configurations so far, finishing the splits whose answers are all in (the
+        previous split's last chunk classifies while this thread starts the next split)."""
+        while unfinished and all(f.done() for f in unfinished[0][3]):
+            finish(*unfinished.pop(0))
+        return lossless
+
     # One tail thread for the whole run: the last chunk of a split still classifies while this
-    # thread runs the next split's head on the calibration images.
+    # thread runs the next split's head on the calibration images and its first chunk.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
         for split in _progress(splits, manifest.full_flops, options.progress):
             interp, _ = load_interpreter(bundle / split.head)
@@ -152,18 +159,15 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
             ranges = codec.calibrate_ranges(calib_acts)
             calibration[split.name] = {"ranges": ranges.to_json()}
             first_act[split.name] = calib_acts[:1]
-            # The previous split's last chunk classified while this one ran its head: finish it,
-            # so that its lossless configurations screen this split's variants, and so that the
-            # allocation below can use the tails (one interpreter: one thread at a time).
-            while unfinished:
-                finish(*unfinished.pop(0))
             allocation = None
             if codec.MIXED_BITS in options.bits and (
                     options.allocate == "all" or options.allocate == "vectors" and len(split.shape) == 1):
+                while unfinished:  # the tails share one interpreter: one thread at a time
+                    finish(*unfinished.pop(0))
                 # gradients need the Keras tail
                 allocation, chosen = fit_allocation(keras_tail(split), calib_acts, tail)
                 calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
-            screen = Screen(float_pred, dataset.labels, lossless=tuple(lossless)) if options.screen else None
+            screen = Screen(float_pred, dataset.labels, lossless=finished_lossless) if options.screen else None
             futures: list = []
             measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
                                      split_variants(options.bits, allocation is not None),
@@ -303,17 +307,19 @@ class Screen:
       is at least as accurate for certain, while this variant's drop is only bounded. That is
       what prunes the float and high-bit payloads of wide early activations (614,400 values at
       the default model's block_1_expand_relu), the costliest rows of an all-splits profile.
-      Checked after every chunk (bytes and packing times are steady after one)."""
+      Checked after every chunk (bytes and packing times are steady after one); `lossless`
+      may be a function, so that splits finishing meanwhile count."""
 
     float_pred: np.ndarray
     labels: np.ndarray | None
     after: int = 100
     drop_pp: float = 5.0
-    lossless: tuple[Lossless, ...] = ()
+    lossless: Sequence[Lossless] | Callable[[], Sequence[Lossless]] = ()  # or what returns them now
     tail_slack: float = 1.25
 
     def dominating(self, tail_flops: int, bytes_mean: float, pack_ms: float) -> Lossless | None:
-        return next((w for w in self.lossless if w.tail_flops <= tail_flops * self.tail_slack
+        known = self.lossless() if callable(self.lossless) else self.lossless
+        return next((w for w in known if w.tail_flops <= tail_flops * self.tail_slack
                      and w.bytes_mean <= bytes_mean and w.pack_ms <= pack_ms), None)
 
 

@@ -178,3 +178,8 @@ def test_a_lossless_earlier_configuration_dominates_only_when_better_on_every_co
     assert screen.dominating(900, 1_200_000.0, 3.0) is None  # packs faster
     assert screen.dominating(700, 1_200_000.0, 9.0) is None  # leaves the cloud much less work
     assert Screen(np.zeros(10), None).dominating(900, 1e9, 1e9) is None
+    later = []  # splits that finish while this one is measured count too
+    screen = Screen(np.zeros(10), None, lossless=lambda: later)
+    assert screen.dominating(900, 1_200_000.0, 9.0) is None
+    later.append(w)
+    assert screen.dominating(900, 1_200_000.0, 9.0) is w
