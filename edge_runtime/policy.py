@@ -50,11 +50,10 @@ def build_scheduler(bundle: Path, config: Any, exclude: Sequence[str] = ()
         params = SchedulerParams(pipeline_depth=config.pipeline_depth)
         return Scheduler(table, Objective.parse(config.objective), slo, params), (factor, serial), board
     params = SchedulerParams(pipeline_depth=config.pipeline_depth, relief=False)
-    inner = Scheduler(table, Objective.parse(config.objective), slo, params)
+    objective = Objective.parse(config.objective)
     if config.policy == "device":
-        return inner, (factor, serial), board
-    pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
-    return PinnedScheduler(inner, pinned, config.policy), (factor, serial), board
+        return Scheduler(table, objective, slo, params), (factor, serial), board
+    return PinnedScheduler.of(table, objective, slo, params, config.policy), (factor, serial), board
 
 
 def _device_only(bundle: Path, config: Any, board_class: devices.DeviceClass

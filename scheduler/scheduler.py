@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from scheduler.core import (Choice, CompiledChooser, ConfigTable, Evaluation, Objective,
@@ -435,6 +435,14 @@ class PinnedScheduler:
             split=c.split, bits=c.bits, where=c.where, key=c.key, index=index, latency_ms=0.0,
             throughput_fps=0.0, bytes=c.bytes, cloud_ms=c.tail_ms, drop_pp=c.drop_pp,
             reason=f"policy {policy}: always {c.key}", slo_met=True, fallback=False)
+
+    @classmethod
+    def of(cls, table: ConfigTable, objective: Objective, slo: Slo, params: SchedulerParams,
+           policy: str) -> "PinnedScheduler":
+        """Pinned to the one offloading configuration of `table` (it and device-only), with no
+        relief: how the edge runtime and the simulator run `cloud` and `fixed`."""
+        pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
+        return cls(Scheduler(table, objective, slo, replace(params, relief=False)), pinned, policy)
 
     def decide(self, now_s: float) -> Decision:
         d = self.inner.decide(now_s)

@@ -31,7 +31,7 @@ import numpy as np
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
 from scheduler.core import ConfigTable, Objective, Slo, Where
-from scheduler.scheduler import PinnedScheduler, Scheduler, SchedulerParams
+from scheduler.scheduler import PinnedScheduler, SchedulerParams
 from scheduler.sim_policies import (  # noqa: F401 (fixed8_index, neurosurgeon_table: public here too)
     Events,
     OnlinePolicy,
@@ -186,11 +186,9 @@ class _Run:
         runtime pins it (edge_runtime/policy.py), so it falls back and recovers the same way."""
         if not self.prm.static_fallback:
             return StaticPolicy(config)
-        table = self.table.select(lambda c: c.key == config.key)
-        inner = Scheduler(table, self.objective, self.slo, replace(sched_params, relief=False))
-        pinned = next(i for i, c in enumerate(table.configs) if c.where is not Where.DEVICE)
-        return OnlinePolicy(PinnedScheduler(inner, pinned, self.policy.value), self.uplink, self.events,
-                            self.prm.rtt_ms, self.jitter)
+        pinned = PinnedScheduler.of(self.table.select(lambda c: c.key == config.key), self.objective,
+                                    self.slo, sched_params, self.policy.value)
+        return OnlinePolicy(pinned, self.uplink, self.events, self.prm.rtt_ms, self.jitter)
 
     def frames(self, keep_timeline: bool) -> None:
         prm = self.prm
