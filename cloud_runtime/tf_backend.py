@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cloud_runtime.backend import LoadTiming, TailBackend, TailSpec
+from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.quiet import native_output_captured
 
 log = logging.getLogger("cloud_runtime")
@@ -76,11 +77,9 @@ class KerasTailBackend(TailBackend):
             if tail.key in self._fns:
                 return LoadTiming(0.0, 0.0)
             tf = self._tf
-            import keras
-
             t0 = time.monotonic()
             with tf.device(self._device):
-                model = keras.models.load_model(tail.path, compile=False)
+                model = load_keras_tail(tail.path)
                 spec = tf.TensorSpec((None, *tail.input_shape), tf.float32)
                 t1 = time.monotonic()
                 # Traced once, here, not per request or batch size; the concrete function skips

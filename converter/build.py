@@ -1,5 +1,6 @@
 """Cut a Keras model into a bundle: one TFLite head and one Keras tail per split, and every tail
-in one TFLite file.
+in one TFLite file. The Keras tails are architectures that share the bundle's one copy of the
+model (splitinfer.bundle.keras_tail).
 
 `plan()` finds and selects the splits (cheap: graph analysis only); `convert()` writes the bundle
 atomically (built in a temporary directory beside the target, then renamed), so a failed or
@@ -8,6 +9,7 @@ interrupted run never leaves a half-written bundle behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -25,6 +27,7 @@ from converter.export import ExportError, tails_to_tflite, to_tflite
 from converter.flops import layer_flops
 from splitinfer.litert import load_interpreter, run_once
 from splitinfer.bundle.files import umask_mode, write_json_atomic
+from splitinfer.bundle.keras_tail import MODEL_FILE, load_keras_tail, tail_document
 from splitinfer.bundle.manifest import (
     FORMAT_NAME,
     INPUT_SPLIT,
@@ -163,6 +166,7 @@ def convert(
         samples = rng.uniform(0, 255, size=(options.verify_samples, *p.input_shape)).astype(np.float32)
         reference = np.concatenate([np.asarray(p.model(s[None], training=False)) for s in samples])
 
+        p.model.save(work / MODEL_FILE)
         full_bytes = to_tflite(p.model, p.input_shape)
         (work / "full.tflite").write_bytes(full_bytes)
         full_err = _compare(reference, _run_tflite(full_bytes, samples))
@@ -209,6 +213,7 @@ def convert(
                 **tails_note,
             },
             tails_tflite=tails_tflite,
+            keras_model=MODEL_FILE,
         )
         write_json_atomic(work / MANIFEST_FILE, manifest.to_dict())
         _replace_dir(work, out)
@@ -243,9 +248,12 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
         head_err = _compare(expected, activations)
         t = keras.Input(shape=cand.shape, name=_fresh_name("activation", {n.name for n in p.graph.nodes}))
         tail_model = keras.Model(t, G.replay(p.graph, cand.tensor, t, p.graph.sink), name=f"tail_{file_stem}")
-    tail_path = f"tails/{file_stem}.keras"
-    tail_model.save(work / tail_path)
-    got = np.concatenate([np.asarray(tail_model(a[None], training=False)) for a in activations])
+    tail_path = f"tails/{file_stem}.json"
+    (work / tail_path).write_text(json.dumps(tail_document(tail_model, f"../{MODEL_FILE}")))
+    # Checked as the cloud will load it: the architecture from the file, the weights from the
+    # bundle's model file.
+    saved_tail = load_keras_tail(work / tail_path)
+    got = np.concatenate([np.asarray(saved_tail(a[None], training=False)) for a in activations])
     err = _compare(reference, got)
     for what, e in (("head+tail output", err), ("TFLite head activation", head_err)):
         if not e["max_rel_err"] <= options.rtol:

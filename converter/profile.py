@@ -37,6 +37,7 @@ from splitinfer.litert import load_interpreter, run_once
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
+from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.bundle.manifest import load_manifest
 from splitinfer.bundle.profile import PROFILE_FILE, PROFILE_VERSION, Profile, parse_profile
 from splitinfer.encoding import Encoding
@@ -79,14 +80,12 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
     """Measure every (split, bits) and write BUNDLE/profile.json and calibration.json; returns
     the profile as every part reads it (typed)."""
     import_tensorflow()
-    import keras
-
     manifest = load_manifest(bundle)
     _check_bits(options.bits)
     backend = resolve_backend(manifest, options.tail_backend)
 
     def keras_tail(split):
-        return keras.models.load_model(bundle / split.tail, compile=False)
+        return load_keras_tail(bundle / split.tail)
 
     full = classifier(bundle, manifest, manifest.split("input"), keras_tail, backend)
     float_pred = predict(full, dataset.images, options.batch_size)

@@ -26,6 +26,7 @@ import numpy as np
 
 from converter.confidence import drop_interval
 from splitinfer.bundle.files import write_json_atomic
+from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.bundle.profile import PROFILE_FILE, config_variant, load_profile
 from splitinfer.encoding import Encoding
 from splitinfer.errors import BundleError
@@ -85,9 +86,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     dataset = fresh_dataset(manifest, profile.get("dataset") or {}, data, count)
     def keras_tail(split):  # TensorFlow only when a split is classified by its Keras tail
         import_tensorflow()
-        import keras
-
-        return keras.models.load_model(bundle / split.tail, compile=False)
+        return load_keras_tail(bundle / split.tail)
 
     backend = resolve_backend(manifest)
     full = classifier(bundle, manifest, manifest.split("input"), keras_tail, backend)

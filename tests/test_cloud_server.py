@@ -26,6 +26,7 @@ import pytest
 import requests
 from PIL import Image
 
+from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.bundle.manifest import load_manifest
 from splitinfer.codec import calibrate_ranges, pack, unpack
 
@@ -138,8 +139,7 @@ def local(tiny_bundle, tiny_model_path):
         @staticmethod
         def tail(split: str, x: np.ndarray) -> np.ndarray:
             if split not in tails:
-                tails[split] = keras.models.load_model(tiny_bundle / manifest.split(split).tail,
-                                                       compile=False)
+                tails[split] = load_keras_tail(tiny_bundle / manifest.split(split).tail)
             return np.asarray(tails[split](x[None], training=False))[0]
 
         @staticmethod

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from splitinfer.litert import load_interpreter, run_once
+from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.bundle.manifest import BundleError, load_manifest
 from tests.conftest import run_module
 
@@ -21,7 +22,7 @@ def independent_check(bundle, split_names, samples=2, seed=1):
     manifest = load_manifest(bundle)
     rng = np.random.default_rng(seed)
     xs = rng.uniform(0, 255, size=(samples, *manifest.model.input_shape)).astype(np.float32)
-    full = keras.models.load_model(bundle / manifest.split("input").tail, compile=False)
+    full = keras.models.load_model(bundle / manifest.keras_model, compile=False)
     reference = np.asarray(full(xs, training=False))
     errors = {}
     for name in split_names:
@@ -38,7 +39,7 @@ def independent_check(bundle, split_names, samples=2, seed=1):
             expected = np.asarray(inner(xs, training=False))
             head_err = np.max(np.abs(acts - expected)) / max(np.max(np.abs(expected)), 1e-12)
             assert head_err < 1e-3, (name, head_err)
-        tail = keras.models.load_model(bundle / split.tail, compile=False)
+        tail = load_keras_tail(bundle / split.tail)
         got = np.asarray(tail(acts, training=False))
         errors[name] = float(np.max(np.abs(got - reference)) / np.max(np.abs(reference)))
     return errors
@@ -73,7 +74,7 @@ def test_full_tflite_matches_keras(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
     x = np.random.default_rng(3).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
     interp, _ = load_interpreter(tiny_bundle / manifest.full)
-    full = keras.models.load_model(tiny_bundle / manifest.split("input").tail, compile=False)
+    full = keras.models.load_model(tiny_bundle / manifest.keras_model, compile=False)
     np.testing.assert_allclose(run_once(interp, x), np.asarray(full(x)), atol=1e-5)
 
 
@@ -228,3 +229,57 @@ def test_a_layer_named_like_the_tail_input_still_converts(tmp_path):
     manifest = load_manifest(tmp_path / "b")
     assert manifest.split_names == ["input", "bn", "activation", "gap"] and not manifest.skipped
     assert max(independent_check(tmp_path / "b", manifest.split_names).values()) < 1e-3
+
+
+def test_keras_tails_share_the_bundle_model_weights(tiny_bundle, tmp_path):
+    """Tail files hold architectures only; the weights are the bundle's one model file."""
+    import shutil
+
+    manifest = load_manifest(tiny_bundle)
+    model_bytes = (tiny_bundle / manifest.keras_model).stat().st_size
+    for s in manifest.splits:
+        assert s.tail.endswith(".json")
+        assert (tiny_bundle / s.tail).stat().st_size < model_bytes / 4, s.name
+    # The weights come from the model file: change it, and every loaded tail changes with it.
+    import keras
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    model = keras.models.load_model(copy / manifest.keras_model, compile=False)
+    last = [layer for layer in model.layers if layer.weights][-1]
+    rng = np.random.default_rng(0)
+    last.set_weights([w + rng.normal(size=w.shape).astype(w.dtype) for w in last.get_weights()])
+    model.save(copy / manifest.keras_model)
+    x = rng.normal(size=(1, *manifest.split("gap").shape)).astype(np.float32)
+    before = np.asarray(load_keras_tail(tiny_bundle / manifest.split("gap").tail)(x))
+    after = np.asarray(load_keras_tail(copy / manifest.split("gap").tail)(x))
+    assert not np.allclose(before, after)
+
+
+def test_keras_tail_files_fail_with_one_clear_line(tiny_bundle, tmp_path):
+    import shutil
+
+    manifest = load_manifest(tiny_bundle)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    tail = copy / manifest.split("gap").tail
+    tail.write_text("{not json")
+    with pytest.raises(BundleError, match="Cannot read the tail file"):
+        load_keras_tail(tail)
+    tail.write_text(json.dumps({"format": "splitinfer-keras-tail", "version": 7}))
+    with pytest.raises(BundleError, match="version 7"):
+        load_keras_tail(tail)
+    (copy / manifest.keras_model).unlink()
+    with pytest.raises(BundleError, match="Keras model .* is missing"):
+        load_keras_tail(copy / manifest.split("pw").tail)
+    with pytest.raises(BundleError, match="does not match its manifest"):
+        load_manifest(copy)
+
+
+def test_tails_saved_as_keras_files_still_load(tiny_bundle, tmp_path):
+    """Bundles converted before tail files shared the model's weights keep working."""
+    manifest = load_manifest(tiny_bundle)
+    tail = load_keras_tail(tiny_bundle / manifest.split("pw").tail)
+    tail.save(tmp_path / "pw.keras")
+    x = np.random.default_rng(0).normal(size=(2, *manifest.split("pw").shape)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(load_keras_tail(tmp_path / "pw.keras")(x)), np.asarray(tail(x)))

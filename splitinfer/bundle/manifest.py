@@ -63,6 +63,7 @@ class Manifest:
     converter: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
     tails_tflite: str | None = None  # every tail as float32 TFLite, one signature per split
+    keras_model: str | None = None  # the Keras model whose weights the tail files share
 
     @property
     def splits_without_tflite_tail(self) -> list[str]:
@@ -130,6 +131,7 @@ class Manifest:
                 skipped=tuple(d.get("skipped", ())),
                 converter=dict(d.get("converter", {})),
                 tails_tflite=d.get("tails_tflite"),
+                keras_model=d.get("keras_model"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise BundleError(f"Malformed bundle manifest: {type(e).__name__}: {e}") from e
@@ -170,6 +172,8 @@ def bundle_files(manifest: Manifest) -> list[str]:
             paths.append(s.head_int8)
     if manifest.tails_tflite:
         paths.append(manifest.tails_tflite)
+    if manifest.keras_model:
+        paths.append(manifest.keras_model)
     return paths
 
 
