@@ -74,7 +74,7 @@ def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, 
     from cloud_runtime.registry import ModelRegistry
     from cloud_runtime.tf_backend import KerasTailBackend
     from converter.datasets import load_dataset
-    from splitinfer.litert import load_interpreter, run_once
+    from splitinfer.litert import HeadFiles
 
     manifest = load_manifest(bundle)
     data = load_dataset(manifest, data, limit=images, calibration=1).images
@@ -88,8 +88,8 @@ def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, 
         if split.head is None:
             acts = data
         else:
-            head, _ = load_interpreter(bundle / split.head)
-            acts = np.concatenate([run_once(head, x[None]) for x in data])
+            head = HeadFiles().head(bundle / split.head, split.head_signature)
+            acts = np.concatenate([head(x[None]) for x in data])
         lite.load(tail)
         tf_backend.load(tail)
         a = np.concatenate([lite.run(tail, acts[i:i + AGREEMENT_BATCH]) for i in range(0, len(acts), AGREEMENT_BATCH)])
@@ -125,8 +125,9 @@ def bundle_sizes(bundle: Path, manifest) -> dict[str, int]:
     def size(paths):
         return sum((bundle / p).stat().st_size for p in paths)
 
-    return {"heads": size(s.head for s in manifest.splits if s.head),
-            "keras_tails": size(s.tail for s in manifest.splits),
+    return {"heads": size({s.head for s in manifest.splits if s.head}),
+            "keras_tails": size([s.tail for s in manifest.splits]
+                                + ([manifest.keras_model] if manifest.keras_model else [])),
             "tails_tflite": size([manifest.tails_tflite]) if manifest.tails_tflite else 0,
             "full_tflite": size([manifest.full]),
             "total": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())}

@@ -44,10 +44,10 @@ def make_payloads(bundle: Path, split_name: str, bits: int) -> list[bytes]:
     if split.head is None:
         acts = list(images)
     else:
-        from splitinfer.litert import load_interpreter, run_once
+        from splitinfer.litert import HeadFiles
 
-        interp, _ = load_interpreter(bundle / split.head, num_threads=1)
-        acts = [run_once(interp, im[None])[0] for im in images]
+        head = HeadFiles(num_threads=1).head(bundle / split.head, split.head_signature)
+        acts = [head(im[None])[0] for im in images]
     return [pack(a, bits, model_sha256=manifest.model.sha256, split_index=split.index) for a in acts]
 
 

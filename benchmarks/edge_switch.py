@@ -38,7 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchmarks import _common as common
 from edge_runtime.heads import FULL, HeadPool
-from splitinfer.litert import default_num_threads, load_interpreter, run_once
+from splitinfer.litert import HeadFiles, default_num_threads
 from splitinfer.bundle.manifest import BundleError, Manifest, load_manifest
 from splitinfer.bundle.profile import row_drop
 
@@ -180,14 +180,12 @@ def measure_lazy(bundle: Path, manifest: Manifest, heads: Sequence[str], frames:
     chosen = _spread(list(heads), sizes.lazy_heads)
     rows = []
     for h in chosen:
-        path = bundle / manifest.split(h).head
+        split = manifest.split(h)
         times = []
         for _ in range(sizes.lazy_repeats):
             t0 = time.perf_counter()
-            interp, _ = load_interpreter(path, num_threads=threads)
-            run_once(interp, frames[0][None].astype(np.float32))
+            HeadFiles(threads).head(bundle / split.head, split.head_signature)(frames[0][None].astype(np.float32))
             times.append((time.perf_counter() - t0) * 1e3)
-            del interp
         load_run = float(np.median(times))
         rows.append({"split": h, "load_and_run_ms": load_run, "warm_run_ms": warm_ms[h],
                      "added_ms": load_run - warm_ms[h]})

@@ -1,6 +1,6 @@
-"""Cut a Keras model into a bundle: one TFLite head and one Keras tail per split, and every tail
-in one TFLite file. The Keras tails are architectures that share the bundle's one copy of the
-model (splitinfer.bundle.keras_tail).
+"""Cut a Keras model into a bundle: a TFLite head and a Keras tail per split, every head in one
+TFLite file and every tail in another, each weight stored once in each. The Keras tails are
+architectures that share the bundle's one copy of the model (splitinfer.bundle.keras_tail).
 
 `plan()` finds and selects the splits (cheap: graph analysis only); `convert()` writes the bundle
 atomically (built in a temporary directory beside the target, then renamed), so a failed or
@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from converter import graph as G
-from converter.export import ExportError, tails_to_tflite, to_tflite
+from converter.export import ExportError, heads_to_tflite, tails_to_tflite, to_tflite
 from converter.flops import layer_flops
-from splitinfer.litert import load_interpreter, run_once
+from splitinfer.litert import HeadFiles, load_interpreter, run_once
 from splitinfer.bundle.files import umask_mode, write_json_atomic
 from splitinfer.bundle.keras_tail import MODEL_FILE, load_keras_tail, tail_document
 from splitinfer.bundle.manifest import (
@@ -40,6 +40,7 @@ from splitinfer.bundle.manifest import (
 
 CONVERTER_VERSION = "0.1.0"
 TAILS_TFLITE = "tails.tflite"
+HEADS_TFLITE = "heads.tflite"
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,6 @@ def convert(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         umask_mode(work)
-        (work / "heads").mkdir()
         (work / "tails").mkdir()
         if options.int8:
             (work / "heads_int8").mkdir()
@@ -171,13 +171,15 @@ def convert(
         (work / "full.tflite").write_bytes(full_bytes)
         full_err = _compare(reference, _run_tflite(full_bytes, samples))
 
+        heads, heads_note = _shared_heads(p, work)
         splits, skipped, tail_checks = [], [], []
         progress = _progress(p.selected, options.progress, "converting splits")
         for cand in progress:
             if options.progress:
                 progress.set_postfix_str(cand.name[:28])
             try:
-                split, tail_check = _convert_split(p, cand, work, samples, reference, options, len(splits))
+                split, tail_check = _convert_split(p, cand, heads.get(cand.name), work, samples, reference,
+                                                   options, len(splits))
                 splits.append(split)
                 tail_checks.append(tail_check)
             except (ExportError, G.UnsupportedModelError, _VerifyError, ValueError) as e:
@@ -210,6 +212,7 @@ def convert(
                 "seconds": round(time.perf_counter() - started, 1),
                 "full_verify": full_err,
                 "rtol": options.rtol,
+                **heads_note,
                 **tails_note,
             },
             tails_tflite=tails_tflite,
@@ -227,29 +230,66 @@ class _VerifyError(ValueError):
     pass
 
 
-def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, options, index) -> Split:
+@dataclass
+class _Head:
+    """A split's head: the Keras model, and where its TFLite form is once written."""
+
+    model: Any
+    path: str | None = None  # relative to the bundle
+    signature: str | None = None  # in the shared heads file
+    run: Callable[[np.ndarray], np.ndarray] | None = None  # the TFLite head, batch 1
+
+
+def _shared_heads(p: Plan, work: Path) -> tuple[dict[str, _Head], dict]:
+    """Every selected head, written as one heads.tflite with a signature each. If that file does
+    not convert, each head gets a file of its own (`_convert_split`), and the manifest says why."""
+    import keras
+
+    models = {}
+    for cand in p.selected:
+        if cand.node >= 0:
+            x = keras.Input(shape=p.input_shape, batch_size=1, name="input")
+            models[cand.name] = keras.Model(x, G.replay(p.graph, p.graph.source, x, cand.tensor),
+                                            name=f"head_{safe_filename(cand.name)}")
+    if not models:
+        return {}, {}
+    keys = _signature_keys(list(models))
+    try:
+        flatbuffer = heads_to_tflite({k: (m, p.input_shape) for k, m in zip(keys, models.values())},
+                                     p.model.variables)
+    except ExportError as e:
+        return {n: _Head(m) for n, m in models.items()}, {"heads_tflite_skipped": str(e).splitlines()[0][:300]}
+    (work / HEADS_TFLITE).write_bytes(flatbuffer)
+    files = HeadFiles()
+    return {n: _Head(m, HEADS_TFLITE, k, files.head(work / HEADS_TFLITE, k))
+            for (n, m), k in zip(models.items(), keys)}, {}
+
+
+def _convert_split(p: Plan, cand: Candidate, head: _Head | None, work: Path, samples, reference, options,
+                   index) -> Split:
     import keras
 
     file_stem = safe_filename(cand.name)
     if cand.node < 0:
-        head_path, activations = None, samples
+        activations = samples
         tail_model = p.model
         head_err = {"max_abs_err": 0.0, "max_rel_err": 0.0}
     else:
-        x = keras.Input(shape=p.input_shape, batch_size=1, name="input")
-        head_model = keras.Model(x, G.replay(p.graph, p.graph.source, x, cand.tensor), name=f"head_{file_stem}")
-        flatbuffer = to_tflite(head_model, p.input_shape)
-        head_path = f"heads/{file_stem}.tflite"
-        (work / head_path).write_bytes(flatbuffer)
-        activations = _run_tflite(flatbuffer, samples)
+        if head.path is None:  # no shared heads file: a file of its own
+            head.path = f"heads/{file_stem}.tflite"
+            (work / "heads").mkdir(exist_ok=True)
+            (work / head.path).write_bytes(to_tflite(head.model, p.input_shape))
+            head.run = HeadFiles().head(work / head.path)
+        activations = np.concatenate([head.run(s[None]) for s in samples])
         # Untrained models can saturate to a constant output, which would make the end-to-end
         # check vacuous, so the activation at the cut is checked too.
-        expected = np.concatenate([np.asarray(head_model(s[None], training=False)) for s in samples])
+        expected = np.concatenate([np.asarray(head.model(s[None], training=False)) for s in samples])
         head_err = _compare(expected, activations)
         t = keras.Input(shape=cand.shape, name=_fresh_name("activation", {n.name for n in p.graph.nodes}))
         tail_model = keras.Model(t, G.replay(p.graph, cand.tensor, t, p.graph.sink), name=f"tail_{file_stem}")
     tail_path = f"tails/{file_stem}.json"
-    (work / tail_path).write_text(json.dumps(tail_document(tail_model, f"../{MODEL_FILE}")))
+    document = tail_document(None if cand.node < 0 else tail_model, f"../{MODEL_FILE}")
+    (work / tail_path).write_text(json.dumps(document, separators=(",", ":")))
     # Checked as the cloud will load it: the architecture from the file, the weights from the
     # bundle's model file.
     saved_tail = load_keras_tail(work / tail_path)
@@ -265,7 +305,7 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
     head_int8 = None
     if options.int8 and cand.node >= 0:
         rep = options.representative or _random_representative(p.input_shape, options.seed)
-        flatbuffer = to_tflite(head_model, p.input_shape, representative=rep)
+        flatbuffer = to_tflite(head.model, p.input_shape, representative=rep)
         head_int8 = f"heads_int8/{file_stem}.tflite"
         (work / head_int8).write_bytes(flatbuffer)
     return Split(
@@ -274,7 +314,8 @@ def _convert_split(p: Plan, cand: Candidate, work: Path, samples, reference, opt
         layer=cand.layer,
         shape=cand.shape,
         dtype="float32",
-        head=head_path,
+        head=head.path if head else None,
+        head_signature=head.signature if head else None,
         tail=tail_path,
         head_flops=cand.head_flops,
         tail_flops=cand.tail_flops,

@@ -1,4 +1,5 @@
-"""Keras model -> TFLite flatbuffer (batch fixed at 1, builtin ops only); tails -> one flatbuffer."""
+"""Keras model -> TFLite flatbuffer (batch fixed at 1, builtin ops only); heads or tails -> one
+flatbuffer with a signature each."""
 from __future__ import annotations
 
 import tempfile
@@ -6,7 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from splitinfer.litert import TAIL_INPUT, TAIL_OUTPUT
+from splitinfer.litert import SIGNATURE_INPUT, SIGNATURE_OUTPUT
 from splitinfer.quiet import import_tensorflow, native_output_captured
 
 
@@ -76,14 +77,30 @@ def tails_to_tflite(tails: Mapping[str, tuple[Any, tuple[int, ...]]], variables:
     to (tail model, activation shape). The tails must be built on the layers of one model, whose
     `variables` are passed so that the SavedModel the converter reads tracks them.
     """
+    return signatures_to_tflite(tails, variables, batch=None, what="the tails")
+
+
+def heads_to_tflite(heads: Mapping[str, tuple[Any, tuple[int, ...]]], variables: Iterable[Any]) -> bytes:
+    """Every head in one float32 TFLite model, one signature per key, batch fixed at 1 (XNNPACK
+    needs static shapes). Heads share the model's early layers as tails share its late ones:
+    the default model's 11 heads take 5.5 MB in one file against 12 MB as files of their own, and
+    run as fast (measured within 5%, 1 and 2 threads). `heads` maps a key to (head model, input
+    shape)."""
+    return signatures_to_tflite(heads, variables, batch=1, what="the heads")
+
+
+def signatures_to_tflite(models: Mapping[str, tuple[Any, tuple[int, ...]]], variables: Iterable[Any], *,
+                         batch: int | None, what: str) -> bytes:
+    """Models built on the layers of one model, as the signatures of one TFLite file (input
+    SIGNATURE_INPUT, output SIGNATURE_OUTPUT), with each weight stored once."""
     tf = import_tensorflow()
     module = tf.Module()
     module.weights = [getattr(v, "value", v) if not isinstance(v, tf.Variable) else v for v in variables]
     signatures = {}
-    for key, (model, shape) in tails.items():
-        spec = tf.TensorSpec([None, *shape], tf.float32, name=TAIL_INPUT)
-        signatures[key] = _tail_function(model, spec).get_concrete_function()
-    with tempfile.TemporaryDirectory(prefix="tails-savedmodel-") as saved:
+    for key, (model, shape) in models.items():
+        spec = tf.TensorSpec([batch, *shape], tf.float32, name=SIGNATURE_INPUT)
+        signatures[key] = _signature_function(model, spec).get_concrete_function()
+    with tempfile.TemporaryDirectory(prefix="signatures-savedmodel-") as saved:
         with native_output_captured() as log:
             try:
                 tf.saved_model.save(module, saved, signatures=signatures)
@@ -92,11 +109,11 @@ def tails_to_tflite(tails: Mapping[str, tuple[Any, tuple[int, ...]]], variables:
                 return converter.convert()
             except Exception as e:  # the converter raises many types; one message is enough
                 detail = "".join(log)[-2000:]
-                raise ExportError(f"TFLite conversion of the tails failed: {type(e).__name__}: "
+                raise ExportError(f"TFLite conversion of {what} failed: {type(e).__name__}: "
                                   f"{str(e)[:500]}\n{detail}") from e
 
 
-def _tail_function(model: Any, spec: Any) -> Any:
+def _signature_function(model: Any, spec: Any) -> Any:
     tf = import_tensorflow()
-    return tf.function(lambda x: {TAIL_OUTPUT: model(x, training=False)}, input_signature=[spec],
+    return tf.function(lambda x: {SIGNATURE_OUTPUT: model(x, training=False)}, input_signature=[spec],
                        autograph=False)

@@ -33,7 +33,7 @@ from converter.datasets import (
     load_dataset,
 )
 from edge_runtime.images import ImageError, decode_image, encode_jpeg
-from splitinfer.litert import load_interpreter, run_once
+from splitinfer.litert import HeadFiles
 from splitinfer import codec
 from splitinfer.bundle.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
 from splitinfer.bundle.files import write_json_atomic
@@ -150,11 +150,12 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
 
     # One tail thread for the whole run: the last chunk of a split still classifies while this
     # thread runs the next split's head on the calibration images and its first chunk.
+    heads = HeadFiles()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as pool:
         for split in _progress(splits, manifest.full_flops, options.progress):
-            interp, _ = load_interpreter(bundle / split.head)
+            head = heads.head(bundle / split.head, split.head_signature)
             tail = tails[split.name] = classifier(bundle, manifest, split, keras_tail, backend)
-            calib_acts = np.stack([run_once(interp, x[None])[0] for x in dataset.calibration])
+            calib_acts = np.stack([head(x[None])[0] for x in dataset.calibration])
             ranges = codec.calibrate_ranges(calib_acts)
             calibration[split.name] = {"ranges": ranges.to_json()}
             first_act[split.name] = calib_acts[:1]
@@ -168,7 +169,7 @@ def profile_bundle(bundle: Path, dataset: Dataset, options: ProfileOptions = Pro
                 calibration[split.name].update(allocated=allocation.to_json(), allocation=chosen)
             screen = Screen(float_pred, dataset.labels, lossless=finished_lossless) if options.screen else None
             futures: list = []
-            measured = measure_split(manifest, split, interp, tail, ranges, dataset.images,
+            measured = measure_split(manifest, split, head, tail, ranges, dataset.images,
                                      split_variants(options.bits, allocation is not None),
                                      options.batch_size, allocation, screen, pool=pool, unfinished=futures)
             unfinished.append((split, measured, allocation, futures))
@@ -322,7 +323,7 @@ class Screen:
                      and w.bytes_mean <= bytes_mean and w.pack_ms <= pack_ms), None)
 
 
-def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
+def measure_split(manifest, split, head, tail, ranges, images: np.ndarray,
                   variants: Sequence[tuple[int, str]], batch_size: int = 50, allocation=None,
                   screen: Screen | None = None, pool=None, unfinished: list | None = None) -> dict:
     """Bytes, top-1 answers and codec times of each (bits, variant) at `split` on `images`.
@@ -334,7 +335,7 @@ def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
     answers are complete once they are done."""
     if pool is None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as own:
-            return measure_split(manifest, split, interp, tail, ranges, images, variants, batch_size,
+            return measure_split(manifest, split, head, tail, ranges, images, variants, batch_size,
                                  allocation, screen, pool=own)
     out = {v: {"bytes": [], "pred": [], "pack_s": [], "unpack_s": [], "exact": True, "values_match": True}
            for v in variants}
@@ -350,7 +351,7 @@ def measure_split(manifest, split, interp, tail, ranges, images: np.ndarray,
 
     for start in range(0, n, batch_size):
         chunk = images[start:start + batch_size]
-        acts = np.stack([run_once(interp, x[None])[0] for x in chunk])
+        acts = np.stack([head(x[None])[0] for x in chunk])
         # Decoded variants are classified together (one tail call, not one per variant), in
         # groups of at most CLASSIFY_VALUES values so that big tensors stay within memory.
         pending: list[tuple[dict, np.ndarray]] = []

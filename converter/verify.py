@@ -73,7 +73,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     from converter.datasets import fresh_dataset
     from converter.classify import classifier, predict, resolve_backend
     from converter.profile import measure_split
-    from splitinfer.litert import load_interpreter
+    from splitinfer.litert import HeadFiles
     from splitinfer.bundle.calibration import load_calibration
     from splitinfer.bundle.manifest import load_manifest
     from splitinfer.quiet import import_tensorflow
@@ -95,6 +95,7 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     allocations = load_calibration(bundle, manifest, "allocated")
     splits = list(dict.fromkeys(r["split"] for r in chosen))
     verdicts = []
+    heads = HeadFiles()
     bar = splits
     if progress:
         from tqdm import tqdm
@@ -103,10 +104,10 @@ def verify_bundle(bundle: Path, data: str | None, count: int, which: str = "fron
     for name in bar:
         split = manifest.split(name)
         mine = [r for r in chosen if r["split"] == name]
-        interp, _ = load_interpreter(bundle / split.head)
+        head = heads.head(bundle / split.head, split.head_signature)
         tail = classifier(bundle, manifest, split, keras_tail, backend)
         variants = [(int(r["bits"]), config_variant(r)) for r in mine]
-        measured = measure_split(manifest, split, interp, tail, ranges.get(name), dataset.images,
+        measured = measure_split(manifest, split, head, tail, ranges.get(name), dataset.images,
                                  variants, allocation=allocations.get(name))
         for r, key in zip(mine, variants):
             m = measured[key]

@@ -8,20 +8,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from splitinfer.litert import RuntimeInfo, load_interpreter
+from splitinfer.litert import HeadFiles, RuntimeInfo
 from splitinfer.bundle.manifest import FULL, Manifest
 from splitinfer.bundle.profile import Profile
 
 
 @dataclass
 class _Loaded:
-    interpreter: Any
-    input_index: int
-    output_index: int
+    run: Callable[[np.ndarray], np.ndarray]
     load_ms: float
 
 
@@ -58,11 +56,13 @@ class HeadPool:
             self.dropped = [s for s in wanted if s not in keep]
             wanted = [s for s in wanted if s in keep]
         self._pool: dict[str, _Loaded] = {}
+        self._files = HeadFiles(num_threads)  # one interpreter for all heads in heads.tflite
         self.info: RuntimeInfo | None = None
         for name in wanted:
-            self._load(name, self.bundle / manifest.split(name).head, num_threads)
+            split = manifest.split(name)
+            self._load(name, self.bundle / split.head, split.head_signature)
         if include_full:
-            self._load(FULL, self.bundle / manifest.full, num_threads)
+            self._load(FULL, self.bundle / manifest.full, None)
 
     @property
     def loaded(self) -> list[str]:
@@ -80,14 +80,11 @@ class HeadPool:
             loaded = self._pool[split]
         except KeyError:
             raise KeyError(f"Head {split!r} is not loaded. Loaded: {sorted(self._pool)}") from None
-        x = np.ascontiguousarray(frame, dtype=np.float32)[None]
-        loaded.interpreter.set_tensor(loaded.input_index, x)
-        loaded.interpreter.invoke()
-        # get_tensor copies, so the next invoke cannot overwrite what the caller holds.
-        return loaded.interpreter.get_tensor(loaded.output_index)[0]
+        return loaded.run(np.ascontiguousarray(frame, dtype=np.float32)[None])[0]
 
     def close(self) -> None:
         self._pool.clear()
+        self._files = HeadFiles()
 
     def __enter__(self) -> "HeadPool":
         return self
@@ -95,16 +92,12 @@ class HeadPool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _load(self, name: str, path: Path, num_threads: int | None) -> None:
+    def _load(self, name: str, path: Path, signature: str | None) -> None:
+        """The first head of a shared file pays for loading the file (its load_ms)."""
         t0 = time.perf_counter()
-        interpreter, info = load_interpreter(path, num_threads=num_threads)
-        self.info = info
-        self._pool[name] = _Loaded(
-            interpreter,
-            interpreter.get_input_details()[0]["index"],
-            interpreter.get_output_details()[0]["index"],
-            (time.perf_counter() - t0) * 1e3,
-        )
+        run = self._files.head(path, signature)
+        self.info = self._files.interpreter(path)[1]
+        self._pool[name] = _Loaded(run, (time.perf_counter() - t0) * 1e3)
 
 
 def useful_heads(manifest: Manifest, profile: Profile | None, max_drop_pp: float = 1.0) -> list[str]:

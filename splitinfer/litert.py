@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from splitinfer.quiet import native_output_captured
 
@@ -23,8 +23,9 @@ class RuntimeInfo:
     num_threads: int
 
 
-#: Names of the one input and one output of every signature in a bundle's tails.tflite.
-TAIL_INPUT, TAIL_OUTPUT = "x", "y"
+#: Names of the one input and one output of every signature in a bundle's heads.tflite and
+#: tails.tflite.
+SIGNATURE_INPUT, SIGNATURE_OUTPUT = "x", "y"
 
 
 def default_num_threads() -> int:
@@ -90,4 +91,44 @@ def run_tail(runner: Any, x: Any) -> Any:
     """Run a batch through one signature of a bundle's tails.tflite. The runner resizes its
     input when the batch size changed (XNNPACK needs the shapes static, and a resize makes them
     so); callers that pad to a few batch sizes keep one interpreter per size, so it never does."""
-    return runner(**{TAIL_INPUT: x})[TAIL_OUTPUT]
+    return runner(**{SIGNATURE_INPUT: x})[SIGNATURE_OUTPUT]
+
+
+def head_runner(interpreter: Any, signature: str | None = None) -> Callable[[Any], Any]:
+    """A function running one batch-1 input through a head: the interpreter's only model, or the
+    signature `signature` of a bundle's heads.tflite. The answer is a copy, so the next call
+    cannot overwrite what the caller holds."""
+    if signature is None:
+        inp = interpreter.get_input_details()[0]["index"]
+        out = interpreter.get_output_details()[0]["index"]
+
+        def run(x: Any) -> Any:
+            interpreter.set_tensor(inp, x)
+            interpreter.invoke()
+            return interpreter.get_tensor(out)
+
+        return run
+    try:
+        runner = interpreter.get_signature_runner(signature)
+    except ValueError as e:
+        raise ValueError(f"The heads file has no signature {signature!r}: {e}") from e
+    return lambda x: runner(**{SIGNATURE_INPUT: x})[SIGNATURE_OUTPUT]
+
+
+class HeadFiles:
+    """Heads by (file, signature), with one interpreter per file: a bundle's heads share one
+    heads.tflite, and loading it once per head would delegate every head's weights each time.
+    Not thread-safe, like the interpreters: one per thread."""
+
+    def __init__(self, num_threads: int | None = None) -> None:
+        self.num_threads = num_threads
+        self._interpreters: dict[str, tuple[Any, RuntimeInfo]] = {}
+
+    def head(self, path: str | os.PathLike, signature: str | None = None) -> Callable[[Any], Any]:
+        return head_runner(self.interpreter(path)[0], signature)
+
+    def interpreter(self, path: str | os.PathLike) -> tuple[Any, RuntimeInfo]:
+        key = os.fspath(path)
+        if key not in self._interpreters:
+            self._interpreters[key] = load_interpreter(key, num_threads=self.num_threads)
+        return self._interpreters[key]

@@ -115,12 +115,12 @@ def local(tiny_bundle, tiny_model_path):
     import_tensorflow()
     import keras
 
-    from splitinfer.litert import load_interpreter, run_once
+    from splitinfer.litert import HeadFiles
 
     manifest = load_manifest(tiny_bundle)
     model = keras.models.load_model(tiny_model_path, compile=False)
-    heads = {s.name: load_interpreter(tiny_bundle / s.head, num_threads=1)[0]
-             for s in manifest.splits if s.head}
+    files = HeadFiles(num_threads=1)
+    heads = {s.name: files.head(tiny_bundle / s.head, s.head_signature) for s in manifest.splits if s.head}
     tails: dict = {}
 
     class Local:
@@ -134,7 +134,7 @@ def local(tiny_bundle, tiny_model_path):
         def head(split: str, image: np.ndarray) -> np.ndarray:
             if split == "input":
                 return image
-            return run_once(heads[split], image[None].astype(np.float32))[0]
+            return heads[split](image[None].astype(np.float32))[0]
 
         @staticmethod
         def tail(split: str, x: np.ndarray) -> np.ndarray:

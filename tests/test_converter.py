@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from splitinfer.litert import load_interpreter, run_once
+from splitinfer.litert import head_runner, load_interpreter, run_once
 from splitinfer.bundle.keras_tail import load_keras_tail
 from splitinfer.bundle.manifest import BundleError, load_manifest
 from tests.conftest import run_module
@@ -32,7 +32,8 @@ def independent_check(bundle, split_names, samples=2, seed=1):
         else:
             interp, info = load_interpreter(bundle / split.head, num_threads=1)
             assert info.package == "ai_edge_litert"
-            acts = np.concatenate([run_once(interp, x[None]) for x in xs])
+            head = head_runner(interp, split.head_signature)
+            acts = np.concatenate([head(x[None]) for x in xs])
             assert acts.shape[1:] == split.shape
             # Untrained zoo models saturate to a constant output: check the cut tensor too.
             inner = keras.Model(full.inputs, full.get_layer(split.layer).output)
@@ -78,11 +79,16 @@ def test_full_tflite_matches_keras(tiny_bundle):
     np.testing.assert_allclose(run_once(interp, x), np.asarray(full(x)), atol=1e-5)
 
 
-def test_heads_have_batch_one(tiny_bundle):
+def test_heads_share_one_file_with_batch_one(tiny_bundle):
     manifest = load_manifest(tiny_bundle)
+    assert {s.head for s in manifest.splits[1:]} == {"heads.tflite"}
+    interp, _ = load_interpreter(tiny_bundle / "heads.tflite")
+    signatures = interp.get_signature_list()
+    assert sorted(signatures) == sorted(s.head_signature for s in manifest.splits[1:])
     for s in manifest.splits[1:]:
-        interp, _ = load_interpreter(tiny_bundle / s.head)
-        assert list(interp.get_input_details()[0]["shape"]) == [1, 32, 32, 3]
+        runner = interp.get_signature_runner(s.head_signature)
+        assert list(runner.get_input_details()["x"]["shape"]) == [1, 32, 32, 3]
+        assert list(runner.get_output_details()["y"]["shape"]) == [1, *s.shape]
 
 
 def test_sequential_and_nested_models(tmp_path):

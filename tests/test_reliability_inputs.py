@@ -132,16 +132,19 @@ def test_an_interrupted_conversion_keeps_the_old_bundle(existing_bundle, tiny_mo
 
     parent = existing_bundle.parent
     before = listing(parent)
+    written = []
     real = converter.build.to_tflite
-    calls = []
 
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:  # the full model is written; the first head is being exported
-            raise KeyboardInterrupt
+    def full_model(*args, **kwargs):
+        written.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(converter.build, "to_tflite", interrupted)
+    def interrupted(*args, **kwargs):  # the full model is written; the heads are being exported
+        assert written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(converter.build, "to_tflite", full_model)
+    monkeypatch.setattr(converter.build, "heads_to_tflite", interrupted)
     with pytest.raises(KeyboardInterrupt):
         main([str(tiny_model_path), "--out", str(existing_bundle), "--no-progress"])
     assert listing(parent) == before
@@ -213,7 +216,7 @@ TAMPERED = {  # name: (edit, words the one-line error must contain, for edge and
     "manifest-split-no-tail": (_json_edit("manifest.json", lambda d: {
         **d, "splits": [{k: v for k, v in s.items() if k != "tail"} for s in d["splits"]]}),
         "Malformed bundle manifest"),
-    "manifest-missing-file": (lambda b: (b / "tails" / "pw.keras").unlink(), "does not match its manifest"),
+    "manifest-missing-file": (lambda b: (b / "tails" / "pw.json").unlink(), "does not match its manifest"),
     "calibration-values": (_json_edit("calibration.json", _shift_lo), "does not match its values"),
     "calibration-nan": (_json_edit("calibration.json", _nan_lo), "NaN"),
     "calibration-other-model": (_json_edit("calibration.json", lambda d: {**d, "model_sha256": "0" * 64}),
@@ -286,7 +289,7 @@ def test_a_profile_entry_without_split_is_refused_by_the_edge(profiled_bundle, t
     assert code == 2 and "'split'" in one_error_line(err) and "profile.json" in err, err
 
 
-@pytest.mark.parametrize("target", ["heads/pw.tflite", "full.tflite"])
+@pytest.mark.parametrize("target", ["heads.tflite", "full.tflite"])
 def test_corrupt_tflite_files_are_refused_by_the_edge(profiled_bundle, tmp_path, target,  # noqa: F811
                                                       capsys):
     bundle = tmp_path / "b"
@@ -306,7 +309,8 @@ def test_tampered_bundle_through_the_real_clis(profiled_bundle, tmp_path):  # no
     assert r.returncode == 2 and "version 2" in one_error_line(r.stderr)
 
 
-@pytest.mark.parametrize("backend, corrupt", [("tf", "tails/pw.keras"), ("litert", "tails.tflite")])
+@pytest.mark.parametrize("backend, corrupt", [("tf", "tails/pw.json"), ("tf", "model.keras"),
+                                              ("litert", "tails.tflite")])
 def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle, tmp_path,  # noqa: F811
                                                                 backend, corrupt):
     import time

@@ -37,8 +37,12 @@ def test_the_converter_writes_verified_tflite_tails_in_one_file(tiny_bundle):
     for s in manifest.splits:
         assert s.tail_signature in signatures
         assert 0 <= s.verify["tail_tflite_max_rel_err"] <= manifest.converter["rtol"]
-    keras_tails = sum((tiny_bundle / s.tail).stat().st_size for s in manifest.splits)
-    assert (tiny_bundle / manifest.tails_tflite).stat().st_size < keras_tails / 2
+    from converter.export import to_tflite
+    from splitinfer.bundle.keras_tail import load_keras_tail
+
+    apart = sum(len(to_tflite(load_keras_tail(tiny_bundle / s.tail), s.shape, batch=None)) for s in manifest.splits)
+    # The tiny model's weights are small beside each signature's graph; 0.54x measured.
+    assert (tiny_bundle / manifest.tails_tflite).stat().st_size < 0.75 * apart
 
 
 def test_signature_keys_are_identifiers_and_unique():
@@ -54,7 +58,7 @@ def test_litert_and_keras_backends_agree_on_every_tail(tiny_bundle):
     from cloud_runtime.litert_backend import LiteRTTailBackend
     from cloud_runtime.registry import ModelRegistry
     from cloud_runtime.tf_backend import KerasTailBackend
-    from splitinfer.litert import load_interpreter, run_once
+    from splitinfer.litert import HeadFiles
 
     manifest = load_manifest(tiny_bundle)
     registry = ModelRegistry.from_bundles([str(tiny_bundle)])
@@ -68,8 +72,8 @@ def test_litert_and_keras_backends_agree_on_every_tail(tiny_bundle):
         if split.head is None:
             acts = images
         else:
-            head, _ = load_interpreter(tiny_bundle / split.head, num_threads=1)
-            acts = np.concatenate([run_once(head, x[None]) for x in images])
+            head = HeadFiles(num_threads=1).head(tiny_bundle / split.head, split.head_signature)
+            acts = np.concatenate([head(x[None]) for x in images])
         lite.load(tail)
         keras_backend.load(tail)
         for batch in (1, 2, 8):

@@ -28,11 +28,11 @@ _cache_lock = threading.Lock()
 _weights_cache: dict[tuple[str, int, int], dict[str, list[Any]]] = {}
 
 
-def tail_document(tail_model: Any, weights: str) -> dict[str, Any]:
-    """What a tail file holds: the architecture of `tail_model`, and `weights`, the model file's
-    path relative to the tail file."""
-    return {"format": TAIL_FORMAT, "version": TAIL_VERSION, "weights": weights,
-            "config": json.loads(tail_model.to_json())}
+def tail_document(tail_model: Any | None, weights: str) -> dict[str, Any]:
+    """What a tail file holds: the architecture of `tail_model` (None: the whole model, the
+    cloud-only tail), and `weights`, the model file's path relative to the tail file."""
+    config = None if tail_model is None else json.loads(tail_model.to_json())
+    return {"format": TAIL_FORMAT, "version": TAIL_VERSION, "weights": weights, "config": config}
 
 
 def load_keras_tail(path: str | os.PathLike) -> Any:
@@ -51,7 +51,11 @@ def load_keras_tail(path: str | os.PathLike) -> Any:
     if doc.get("version") != TAIL_VERSION:
         raise BundleError(f"Tail file {path} has version {doc.get('version')!r}; this build reads "
                           f"version {TAIL_VERSION}. Re-run the converter to rebuild the bundle.")
-    weights = layer_weights(path.parent / str(doc["weights"]))
+    model_path = path.parent / str(doc["weights"])
+    if doc.get("config") is None:  # the whole model
+        _model_version(model_path)
+        return _load_model(model_path)
+    weights = layer_weights(model_path)
     tail = keras.models.model_from_json(json.dumps(doc["config"]))
     for layer in tail.layers:
         if not layer.weights:
@@ -66,18 +70,31 @@ def load_keras_tail(path: str | os.PathLike) -> Any:
 def layer_weights(model_path: Path) -> dict[str, list[Any]]:
     """Every layer's weights in the Keras model at `model_path`, as numpy arrays, read once per
     process and file version (a cloud loads a model's tails one by one)."""
+    key = _model_version(model_path)
+    with _cache_lock:
+        if key not in _weights_cache:
+            model = _load_model(model_path)
+            while len(_weights_cache) >= _CACHED_MODELS:
+                _weights_cache.pop(next(iter(_weights_cache)))
+            _weights_cache[key] = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+        return _weights_cache[key]
+
+
+def _model_version(model_path: Path) -> tuple[str, int, int]:
+    """The model file's identity for the cache; a clear error when it is missing."""
     try:
         stat = model_path.stat()
     except OSError as e:
         raise BundleError(f"The bundle's Keras model {model_path} is missing: {e}. "
                           "Rebuild the bundle with python -m converter.") from e
-    key = (str(model_path.resolve()), stat.st_mtime_ns, stat.st_size)
-    with _cache_lock:
-        if key not in _weights_cache:
-            import keras
+    return str(model_path.resolve()), stat.st_mtime_ns, stat.st_size
 
-            model = keras.models.load_model(model_path, compile=False)
-            while len(_weights_cache) >= _CACHED_MODELS:
-                _weights_cache.pop(next(iter(_weights_cache)))
-            _weights_cache[key] = {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
-        return _weights_cache[key]
+
+def _load_model(model_path: Path) -> Any:
+    import keras
+
+    try:
+        return keras.models.load_model(model_path, compile=False)
+    except Exception as e:  # Keras raises many types for a damaged file; one line says which file
+        raise BundleError(f"Cannot load the bundle's Keras model {model_path}: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:300] if str(e) else ''}. Rebuild the bundle.") from e

@@ -47,6 +47,7 @@ class Split:
     verify: dict[str, float | str] = field(default_factory=dict)
     head_int8: str | None = None
     tail_signature: str | None = None  # its signature in the manifest's tails_tflite, when verified
+    head_signature: str | None = None  # its signature in `head`, when that is the shared heads file
 
     @property
     def is_input(self) -> bool:
@@ -120,6 +121,7 @@ class Manifest:
                     verify=dict(s.get("verify", {})),
                     head_int8=s.get("head_int8"),
                     tail_signature=s.get("tail_signature"),
+                    head_signature=s.get("head_signature"),
                 )
                 for s in d["splits"]
             )
@@ -166,7 +168,7 @@ def bundle_files(manifest: Manifest) -> list[str]:
     paths = [manifest.full]
     for s in manifest.splits:
         paths.append(s.tail)
-        if s.head:
+        if s.head and s.head not in paths:
             paths.append(s.head)
         if s.head_int8:
             paths.append(s.head_int8)
