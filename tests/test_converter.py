@@ -289,3 +289,20 @@ def test_tails_saved_as_keras_files_still_load(tiny_bundle, tmp_path):
     tail.save(tmp_path / "pw.keras")
     x = np.random.default_rng(0).normal(size=(2, *manifest.split("pw").shape)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(load_keras_tail(tmp_path / "pw.keras")(x)), np.asarray(tail(x)))
+
+
+def test_heads_that_do_not_convert_together_get_a_file_each(tiny_model_path, tmp_path, monkeypatch):
+    import converter.build
+    from converter.__main__ import main
+    from converter.export import ExportError
+
+    def refused(*args, **kwargs):
+        raise ExportError("TFLite conversion of the heads failed: (a test)")
+
+    monkeypatch.setattr(converter.build, "heads_to_tflite", refused)
+    assert main([str(tiny_model_path), "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    manifest = load_manifest(tmp_path / "b")
+    assert "(a test)" in manifest.converter["heads_tflite_skipped"]
+    heads = [s for s in manifest.splits if s.head]
+    assert heads and all(s.head == f"heads/{s.name}.tflite" and s.head_signature is None for s in heads)
+    assert max(independent_check(tmp_path / "b", manifest.split_names).values()) < 1e-3
