@@ -26,7 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_NAMES = {"auto": "dyno", "device": "device", "cloud": "cloud"}
-DEFAULT_DEVICES = ("pi-zero2", "rpi5")   # weak: offloading pays; strong: onloading does
+DEFAULT_DEVICES = ("pi-zero2", "jetson-nano")   # weak: offloading pays; strong: onloading does
 TRACE_PHASES = ("lte", "3g-evdo")        # link classes of the default trace's two halves
 
 
