@@ -107,6 +107,7 @@ class Scheduler:
         self._failures = 0
         self._retry_at = -math.inf
         self._last_upload_s = -math.inf
+        self._link_done_s = -math.inf        # when the last answered upload left the link
         self._probe_in_flight = False
         self._probe_growth = 1.0            # doubles while probes come back too short to measure
         self.switches = 0
@@ -133,12 +134,28 @@ class Scheduler:
         if not probe:
             self._answered(now_s)
         base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
-        self.bandwidth.add(now_s, nbytes, seconds, base / 1e3)
+        self.bandwidth.add(now_s, nbytes, self._own_link_s(now_s, seconds, base / 1e3), base / 1e3)
         if probe:
             measured = self.bandwidth.last_full_t_s == now_s
             self._probe_growth = 1.0 if measured else min(self._probe_growth * 2.0, 1024.0)
         self._last_upload_s = now_s
         self._probe_in_flight = False
+
+    def _own_link_s(self, now_s: float, seconds: float, rtt_s: float) -> float:
+        """The upload's time with the link to itself, plus one RTT (what the estimator expects).
+
+        An upload that started while an earlier one still held the link shared it (two
+        connections) or waited behind it (one queue): from its start it measures the link at a
+        fraction of its rate. Counted from when the earlier one left the link (its answer less
+        one RTT), a busy stretch's uploads add up to the stretch, so the estimate is the link's
+        rate. With two uploads in flight live, the EV-DO half of the demo read 0.4 Mbit/s on a
+        1 Mbit/s link. One upload at a time (the simulator's FIFO uplink) is unchanged."""
+        start_s = now_s - seconds
+        own = seconds
+        if start_s < self._link_done_s < now_s:
+            own = now_s - self._link_done_s + rtt_s
+        self._link_done_s = max(self._link_done_s, now_s - rtt_s)
+        return own
 
     def observe_rtt(self, now_s: float, rtt_ms: float) -> None:
         if rtt_ms < 0:
@@ -176,12 +193,20 @@ class Scheduler:
             self.cloud_load.add(min(max(utilisation, 0.0), 1.0))
 
     def observe_failure(self, now_s: float, probe: bool = False) -> None:
-        """Cloud down, 5xx or timeout: go device-only and retry with exponential back-off."""
+        """Cloud down, 5xx or timeout: go device-only and retry with exponential back-off.
+
+        Only a failed retry (a probe) doubles the back-off, or the first failure. The other frames
+        in flight when the link died fail too, one timeout apart: they were sent before anything
+        was known, and counting them pushed the first retry of a 1 s outage 4 s out (live, four
+        frames in flight) where the simulator, whose queued frames were never sent, retried
+        after 0.5 s."""
         if not probe:
             self._answered()
+        self._probe_in_flight = False
+        if not (probe or self._cloud_ok):
+            return
         self._failures += 1
         self._cloud_ok = False
-        self._probe_in_flight = False
         delay = min(self.p.backoff_initial_s * 2 ** (self._failures - 1), self.p.backoff_max_s)
         self._retry_at = now_s + delay
 

@@ -45,13 +45,14 @@ def fixture_table(device: str = "rpi4", cloud: str = "gpu") -> ConfigTable:
 def feed(s: Scheduler, t0: float, t1: float, mbps: float, nbytes: float = 20_000,
          every_s: float = 0.05, rtt_ms: float = 60.0, rng: np.random.Generator | None = None,
          noise: float = 0.0) -> float:
-    """Uploads of nbytes at a bandwidth of mbps from t0 to t1; returns the time reached."""
+    """Uploads of nbytes at a bandwidth of mbps from t0 to t1, one at a time (the next answer at
+    least one transfer time after the last); returns the time reached."""
     t = t0
     while t < t1:
         bw = mbps * 1e6 * (float(rng.lognormal(0, noise)) if rng is not None else 1.0)
         s.observe_rtt(t, rtt_ms)
         s.observe_upload(t, nbytes, nbytes * 8 / bw + rtt_ms / 1e3)
-        t += every_s
+        t += max(every_s, nbytes * 8 / bw)
     return t
 
 
@@ -259,18 +260,23 @@ def test_follows_a_bandwidth_step_within_two_seconds(before, after):
         ref.decide(3.0 + 0.02 * k)
     target = ref.chosen.key
     assert target != first, "the step must matter for this test"
-    step_t, key = t, first
+    step_t, key, link_free = t, first, t
     while t < step_t + 2.0 and key != target:
         # uploads keep coming while offloading; while device-only only probes measure the link
         d = s.decide(t)
         key = s.chosen.key            # the chosen configuration; relief frames run locally
-        if d.where is not Where.DEVICE or s.probe_due(t):
+        if (d.where is not Where.DEVICE or s.probe_due(t)) and t >= link_free:  # one upload at a time
             if s.probe_due(t):
                 s.probe_started(t)
             s.observe_rtt(t, 60.0)
             s.observe_upload(t, 16_000, 16_000 * 8 / (after * 1e6) + 0.06)
+            link_free = t + 16_000 * 8 / (after * 1e6)
         t += 0.02
-    assert key == target, f"still {key} 2 s after the step (want {target})"
+    # Reached the best configuration, or one the hysteresis keeps because the best is within
+    # its margin (an upward step read through probes passes intermediate estimates).
+    fps = dict(zip((c.key for c in ref.table.configs), ref.predictions().throughput_fps))
+    assert key != first and fps[key] * (1 + s.p.margin) >= fps[target], (
+        f"still {key} 2 s after the step (want {target}); estimate {s.state().bandwidth_bps / 1e6:.2f} Mbit/s")
 
 
 def test_fallback_goes_device_only_and_backs_off():
@@ -288,7 +294,7 @@ def test_fallback_goes_device_only_and_backs_off():
         s.probe_started(retry)
         assert not s.probe_due(retry)       # one probe at a time
         t = retry + 0.1                     # the probe times out
-        s.observe_failure(t)
+        s.observe_failure(t, probe=True)
         delays.append(s.retry_at_s - t)
     assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 8.0, 8.0])
     # the next retry succeeds: onload again
@@ -297,9 +303,21 @@ def test_fallback_goes_device_only_and_backs_off():
     assert s.decide(t + 0.01).where is not Where.DEVICE
 
 
+def test_frames_in_flight_when_the_link_dies_do_not_push_the_retry_back():
+    """Four frames in flight time out one after another; the first retry still comes after the
+    initial back-off, not after three doublings."""
+    s = make_scheduler()
+    t = feed(s, 0.0, 1.0, 20.0)
+    s.observe_failure(t)
+    for k in range(1, 4):
+        s.observe_failure(t + 0.02 * k)
+    assert s.retry_at_s == pytest.approx(t + 0.5)
+    assert not s.cloud_ok
+
+
 def test_probes_keep_bandwidth_known_while_device_only():
     s = make_scheduler()
-    t = feed(s, 0.0, 1.0, 0.05)              # 50 kbit/s: device-only is best
+    t = feed(s, 0.0, 1.0, 0.05, nbytes=2_000)  # 50 kbit/s: device-only is best
     assert s.decide(t).where is Where.DEVICE
     assert s.probe_due(t + s.p.probe_interval_s)
     assert not s.probe_due(t - 0.5)
