@@ -12,6 +12,7 @@ next ones evaluate, and verification takes files whose content (sha256) is in ne
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,15 @@ class Dataset:
     labels: np.ndarray | None  # N int, or None when the images are unlabelled
     calibration: np.ndarray  # images the offline ranges and widths are fitted on (never evaluated)
     description: dict[str, Any]  # recorded as profile.json "dataset": where each set came from
+
+    def first(self, n: int) -> "Dataset":
+        """The first `n` evaluation images. The description still names every evaluation image
+        loaded (`--verify` picks images outside all of them); its "n" becomes `n`."""
+        if n >= len(self.images):
+            return self
+        labels = None if self.labels is None else self.labels[:n]
+        return dataclasses.replace(self, images=self.images[:n], labels=labels,
+                                   description={**self.description, "n": n})
 
 
 def load_dataset(manifest: Manifest, data: str | Path | None, *, limit: int | None = None,

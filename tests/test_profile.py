@@ -82,6 +82,21 @@ def test_profile_cli_on_tiny_bundle(tiny_bundle, image_folder, tmp_path):
     assert (tiny_bundle / "pareto.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_the_jpeg_row_is_measured_on_more_images_than_the_splits(tiny_bundle, image_folder, tmp_path):
+    """JPEG costs one run of the model an image: it gets every evaluation image loaded (up to
+    jpeg_limit), the splits the first --limit; the recorded evaluation set covers them all, so
+    --verify replays on images neither saw."""
+    tiny_bundle = copy_bundle(tiny_bundle, tmp_path / "tiny")
+    result = run_module("converter.profile", str(tiny_bundle), "--data", str(image_folder),
+                        "--no-progress", "--limit", "10", "--bits", "8,32")
+    assert result.returncode == 0, result.stderr
+    profile = json.loads((tiny_bundle / "profile.json").read_text())
+    assert profile["dataset"]["n"] == 10 and len(profile["dataset"]["evaluation"]["sha256"]) == 18
+    assert profile["jpeg"]["images"] == 18
+    assert {c["images"] for c in profile["variants"]} == {10}
+
+
 def test_profile_cli_errors(tmp_path, tiny_bundle):
     result = run_module("converter.profile", str(tmp_path / "nothing"))
     assert result.returncode == 2 and "No bundle" in result.stderr
