@@ -47,7 +47,7 @@ class EdgeConfig:
     device_class: str | None = None  # pad head times to this board's speed (scheduler.devices)
     num_threads: int | None = None  # LiteRT threads (None: all cores)
     max_heads: int | None = None
-    pipeline_depth: int = 4  # frames in flight between the stages
+    pipeline_depth: int = 4  # offloaded frames in flight (queued for a sender, or being sent)
     # uploads at once (None: pipeline_depth, as the simulator models it: with 2 senders and 4
     # in flight, cloud-only frames on a 40 ms link ran 240 ms live against 108 simulated)
     senders: int | None = None
@@ -169,7 +169,13 @@ class EdgeRuntime:
         self._results.clear()
         self._on_result = on_result
         self._t0 = self.clock()
-        jobs: queue.Queue = queue.Queue(maxsize=self.config.pipeline_depth)
+        # The in-flight limit is a slot per offloaded frame, held from the hand-over to the
+        # answer, as the simulator counts it. A bounded queue in front of the senders let a
+        # frame wait in it on top of one with each sender: 8 in flight for a depth of 4, and
+        # live cloud-only ran 1.16x the simulator's frames at twice its latency. Probes take no
+        # slot.
+        self._slots = threading.BoundedSemaphore(self.config.pipeline_depth)
+        jobs: queue.Queue = queue.Queue()
         senders = [threading.Thread(target=self._sender, args=(jobs,), daemon=True, name=f"sender-{i}")
                    for i in range((self.config.senders or self.config.pipeline_depth) if self.client else 0)]
         self._last_ping, self._pinging = -float("inf"), False
@@ -263,9 +269,9 @@ class EdgeRuntime:
         then loses at most that time to a stall, as the simulator models it."""
         with self._sched_lock:
             budget = self.scheduler.slot_wait_budget_s()
-        try:
-            jobs.put(job, timeout=budget if math.isfinite(budget) else None)
-        except queue.Full:
+        if self._slots.acquire(timeout=budget if math.isfinite(budget) else None):
+            jobs.put(job)
+        else:
             _, frame, _, decision, start = job
             with self._sched_lock:
                 self.scheduler.observe_abandoned()
@@ -277,37 +283,44 @@ class EdgeRuntime:
             job = jobs.get()
             if job is None:
                 return
-            kind, frame, payload, decision, start = job
-            self._maybe_ping()
-            now = self.clock()
-            with self._sched_lock:
-                cloud_down = not self.scheduler.cloud_ok
-                if cloud_down and kind != "probe":
-                    self.scheduler.observe_abandoned()
-                timeout = self._timeout_s(len(payload), start)
-            if cloud_down and kind != "probe":
-                # Queued before the cloud failed: each would wait out its own timeout to learn
-                # what the scheduler already knows. Probes still go; they find the way back.
-                self._finish_on_device(frame, decision, start, 0, "cloud down while queued")
-                continue
             try:
-                answer = self._send(kind, payload, timeout)
-            except CloudError as e:
-                self._on_cloud_error(e, kind, frame, decision, start, len(payload), now)
-                continue
-            except Exception as e:  # a sender must never die: its frame would be lost
-                self._on_cloud_error(CloudError("unreachable", f"upload failed: {type(e).__name__}: {e}"),
-                                     kind, frame, decision, start, len(payload), now)
-                continue
-            self._observe_answer(kind, answer, len(payload))
-            if kind == "probe":
-                continue
-            where = "cloud" if kind == "image" else "split"
-            self._answer(FrameResult(
-                frame.index, decision.split if kind == "activation" else INPUT_SPLIT,
-                decision.bits if kind == "activation" else None, len(payload),
-                self._ms_since(start), answer.top1, where, False, frame.label, frame.name,
-                decision.reason, server=answer.server))
+                self._send_job(*job)
+            finally:
+                if job[0] != "probe":
+                    self._slots.release()
+
+    def _send_job(self, kind: str, frame: Frame, payload: bytes, decision, start: float) -> None:
+        """Upload one job and answer its frame: from the cloud, or on the device on failure."""
+        self._maybe_ping()
+        now = self.clock()
+        with self._sched_lock:
+            cloud_down = not self.scheduler.cloud_ok
+            if cloud_down and kind != "probe":
+                self.scheduler.observe_abandoned()
+            timeout = self._timeout_s(len(payload), start)
+        if cloud_down and kind != "probe":
+            # Queued before the cloud failed: each would wait out its own timeout to learn
+            # what the scheduler already knows. Probes still go; they find the way back.
+            self._finish_on_device(frame, decision, start, 0, "cloud down while queued")
+            return
+        try:
+            answer = self._send(kind, payload, timeout)
+        except CloudError as e:
+            self._on_cloud_error(e, kind, frame, decision, start, len(payload), now)
+            return
+        except Exception as e:  # a sender must never die: its frame would be lost
+            self._on_cloud_error(CloudError("unreachable", f"upload failed: {type(e).__name__}: {e}"),
+                                 kind, frame, decision, start, len(payload), now)
+            return
+        self._observe_answer(kind, answer, len(payload))
+        if kind == "probe":
+            return
+        where = "cloud" if kind == "image" else "split"
+        self._answer(FrameResult(
+            frame.index, decision.split if kind == "activation" else INPUT_SPLIT,
+            decision.bits if kind == "activation" else None, len(payload),
+            self._ms_since(start), answer.top1, where, False, frame.label, frame.name,
+            decision.reason, server=answer.server))
 
     def _send(self, kind: str, payload: bytes, timeout: float) -> CloudAnswer:
         if kind == "activation":
