@@ -243,14 +243,13 @@ class _Head:
 def _shared_heads(p: Plan, work: Path) -> tuple[dict[str, _Head], dict]:
     """Every selected head, written as one heads.tflite with a signature each. If that file does
     not convert, each head gets a file of its own (`_convert_split`), and the manifest says why."""
-    import keras
-
     models = {}
     for cand in p.selected:
-        if cand.node >= 0:
-            x = keras.Input(shape=p.input_shape, batch_size=1, name="input")
-            models[cand.name] = keras.Model(x, G.replay(p.graph, p.graph.source, x, cand.tensor),
-                                            name=f"head_{safe_filename(cand.name)}")
+        try:
+            if cand.node >= 0:
+                models[cand.name] = _head_model(p, cand)
+        except (G.UnsupportedModelError, ValueError):
+            pass  # `_convert_split` builds it again and skips the split with the reason
     if not models:
         return {}, {}
     keys = _signature_keys(list(models))
@@ -265,6 +264,13 @@ def _shared_heads(p: Plan, work: Path) -> tuple[dict[str, _Head], dict]:
             for (n, m), k in zip(models.items(), keys)}, {}
 
 
+def _head_model(p: Plan, cand: Candidate) -> Any:
+    import keras
+
+    x = keras.Input(shape=p.input_shape, batch_size=1, name="input")
+    return keras.Model(x, G.replay(p.graph, p.graph.source, x, cand.tensor), name=f"head_{safe_filename(cand.name)}")
+
+
 def _convert_split(p: Plan, cand: Candidate, head: _Head | None, work: Path, samples, reference, options,
                    index) -> Split:
     import keras
@@ -275,6 +281,7 @@ def _convert_split(p: Plan, cand: Candidate, head: _Head | None, work: Path, sam
         tail_model = p.model
         head_err = {"max_abs_err": 0.0, "max_rel_err": 0.0}
     else:
+        head = head or _Head(_head_model(p, cand))  # raises why its head does not build
         if head.path is None:  # no shared heads file: a file of its own
             head.path = f"heads/{file_stem}.tflite"
             (work / "heads").mkdir(exist_ok=True)
