@@ -373,7 +373,8 @@ class EdgeRuntime:
     def _observe_answer(self, kind: str, answer: CloudAnswer, nbytes: int) -> None:
         now = self.clock()
         with self._sched_lock:
-            self.scheduler.observe_upload(now, nbytes, answer.network_s, probe=kind == "probe")
+            self.scheduler.observe_upload(now, nbytes, answer.network_s, probe=kind == "probe",
+                                          sent_s=now - answer.elapsed_s)
             self.scheduler.observe_success(now)
             if kind != "probe":
                 self.scheduler.observe_cloud(answer.split or INPUT_SPLIT, answer.server.get(P.TAIL_MS, 0.0),

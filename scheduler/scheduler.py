@@ -107,7 +107,7 @@ class Scheduler:
         self._failures = 0
         self._retry_at = -math.inf
         self._last_upload_s = -math.inf
-        self._link_done_s = -math.inf        # when the last upload was answered
+        self._link_done_s = -math.inf        # when the bytes of the uploads so far were through
         self._probe_in_flight = False
         self._probe_growth = 1.0            # doubles while probes come back too short to measure
         self.switches = 0
@@ -128,33 +128,40 @@ class Scheduler:
     # --- observations ----------------------------------------------------------------------
 
     def observe_upload(self, now_s: float, nbytes: float, seconds: float,
-                       probe: bool = False) -> None:
-        """An upload of `nbytes` took `seconds` from first byte to the server's acknowledgement
-        (`probe`: it was a probe, not a frame)."""
+                       probe: bool = False, sent_s: float | None = None) -> None:
+        """An upload of `nbytes` took `seconds` of network time (the server's own time taken
+        out) from first byte to the server's acknowledgement (`probe`: it was a probe, not a
+        frame). `sent_s`, when it was sent, lets uploads that overlapped on the link count only
+        their own share of it (`_own_link_s`)."""
         if not probe:
             self._answered(now_s)
         base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
-        self.bandwidth.add(now_s, nbytes, self._own_link_s(now_s, seconds, base / 1e3), base / 1e3)
+        self.bandwidth.add(now_s, nbytes, self._own_link_s(sent_s, seconds, base / 1e3), base / 1e3)
         if probe:
             measured = self.bandwidth.last_full_t_s == now_s
             self._probe_growth = 1.0 if measured else min(self._probe_growth * 2.0, 1024.0)
         self._last_upload_s = now_s
         self._probe_in_flight = False
 
-    def _own_link_s(self, now_s: float, seconds: float, rtt_s: float) -> float:
+    def _own_link_s(self, sent_s: float | None, seconds: float, rtt_s: float) -> float:
         """The upload's time with the link to itself, plus one RTT (what the estimator expects).
 
-        An upload still in progress when the previous one was answered shared the link with it
-        (two connections) or waited behind it (one queue): from its own start it measures the
-        link at a fraction of its rate. In a busy stretch the answers come one link time apart,
-        so the time since the previous answer is its own (never more than it measured), and the
-        stretch's uploads add up to the stretch. With two uploads in flight live, the EV-DO half
-        of the demo read 0.4-0.5 Mbit/s on a 0.94 Mbit/s link. One upload at a time (the
-        simulator's FIFO uplink) measures the same as before."""
+        An upload sent while an earlier one still held the link shared it (two connections) or
+        waited behind it (one queue): from its own start it measures the link at a fraction of
+        its rate. Counted from when the earlier one's bytes were through, a busy stretch's
+        uploads add up to the stretch, so the estimate is the link's rate: with two uploads in
+        flight live, the EV-DO half of the demo had read 0.4-0.5 Mbit/s on a 0.94 Mbit/s link.
+        The link's timeline is the uploads' own (sent plus network time), never the answers':
+        answers that bunch behind a batching cloud say nothing about the link, and reading the
+        gaps between them as link time overestimated a Wi-Fi link many times over. An overlap
+        under one RTT is left alone: RTT jitter alone makes one, and it costs at most an RTT."""
+        if sent_s is None:
+            return seconds
+        through_s = sent_s + seconds - rtt_s
         own = seconds
-        if now_s - seconds < self._link_done_s < now_s:
-            own = min(seconds, now_s - self._link_done_s + rtt_s)
-        self._link_done_s = max(self._link_done_s, now_s)
+        if sent_s < self._link_done_s - rtt_s:
+            own = min(seconds, max(through_s - self._link_done_s, 0.0) + rtt_s)
+        self._link_done_s = max(self._link_done_s, through_s)
         return own
 
     def observe_rtt(self, now_s: float, rtt_ms: float) -> None:

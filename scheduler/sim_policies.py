@@ -78,7 +78,7 @@ class StaticPolicy:
     # what a live runtime would observe; a static policy ignores it
     def on_device(self, t: float, split: str, ms: float, bits: int | None) -> None: ...
     def on_answer(self, t: float, split: str, nbytes: float, upload_s: float, rtt_ms: float,
-                  tail_ms: float, queue_ms: float, load: float = 0.0) -> None: ...
+                  tail_ms: float, queue_ms: float, load: float = 0.0, sent_s: float | None = None) -> None: ...
     def on_failure(self, t: float) -> None: ...
     def on_abandoned(self, t: float) -> None: ...
 
@@ -112,7 +112,8 @@ class OnlinePolicy(StaticPolicy):
             r_ms = self.rtt_ms + self.jitter()
             acked = up.end_s + r_ms / 1e3
             self.events.at(acked, lambda a=acked, secs=acked - up.start_s, b=nbytes, r=r_ms: (
-                s.observe_rtt(a, r), s.observe_upload(a, b, secs, probe=True), s.observe_success(a)))
+                s.observe_rtt(a, r), s.observe_upload(a, b, secs, probe=True, sent_s=up.start_s),
+                s.observe_success(a)))
         else:
             self.events.at(up.end_s, lambda a=up.end_s: s.observe_failure(a, probe=True))
 
@@ -131,9 +132,9 @@ class OnlinePolicy(StaticPolicy):
                        else (lambda: s.observe_device(split, ms, bits)))
 
     def on_answer(self, t: float, split: str, nbytes: float, upload_s: float, rtt_ms: float,
-                  tail_ms: float, queue_ms: float, load: float = 0.0) -> None:
+                  tail_ms: float, queue_ms: float, load: float = 0.0, sent_s: float | None = None) -> None:
         s = self.scheduler
-        self.events.at(t, lambda: (s.observe_rtt(t, rtt_ms), s.observe_upload(t, nbytes, upload_s),
+        self.events.at(t, lambda: (s.observe_rtt(t, rtt_ms), s.observe_upload(t, nbytes, upload_s, sent_s=sent_s),
                                    s.observe_cloud(split, tail_ms, queue_ms),
                                    s.observe_cloud_load(load), s.observe_success(t)))
 

@@ -247,7 +247,7 @@ class _Run:
                 done = self.cloud_free + self.background_s + r_ms / 2e3
                 choice.on_answer(done, c.split, c.bytes, up.end_s - up.start_s + r_ms / 1e3, r_ms,
                                  tail, (cstart - arrive + self.background_s) * 1e3,
-                                 self._utilisation(self.cloud_free, cloud_ms / 1e3))
+                                 self._utilisation(self.cloud_free, cloud_ms / 1e3), sent_s=up.start_s)
             else:   # the upload outlasted the scheduler's timeout: the device finishes it
                 failed = True
                 self.failures += 1

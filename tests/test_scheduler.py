@@ -315,6 +315,42 @@ def test_frames_in_flight_when_the_link_dies_do_not_push_the_retry_back():
     assert not s.cloud_ok
 
 
+def _two_at_a_time(s: Scheduler, mbps: float, nbytes: float, rtt_s: float, rounds: int,
+                   send_times: bool = True) -> None:
+    """Uploads sent in pairs on one link: the second of each pair waits behind the first, so from
+    its own send it takes two transfer times."""
+    link_s, t = nbytes * 8 / (mbps * 1e6), 1.0
+    for _ in range(rounds):
+        s.observe_rtt(t, rtt_s * 1e3)
+        for k in (1, 2):
+            s.observe_upload(t + k * link_s + rtt_s, nbytes, k * link_s + rtt_s,
+                             sent_s=t if send_times else None)
+        t += 2 * link_s + rtt_s + 0.01
+
+
+def test_uploads_that_share_the_link_measure_its_rate_not_a_share_of_it():
+    s = make_scheduler()
+    _two_at_a_time(s, 1.0, 20_000, 0.06, rounds=20)
+    assert s.state().bandwidth_bps == pytest.approx(1e6, rel=0.1)
+    alone = make_scheduler()   # without send times the second of each pair reads half the rate
+    _two_at_a_time(alone, 1.0, 20_000, 0.06, rounds=20, send_times=False)
+    assert alone.state().bandwidth_bps < 0.8e6
+
+
+def test_answers_that_bunch_behind_the_cloud_do_not_inflate_the_link():
+    """One upload at a time, but a batching cloud answers them together: the gaps between answers
+    say nothing about the link (reading them as link time overestimated Wi-Fi many times over)."""
+    s = make_scheduler()
+    link_s, rtt_s, t = 20_000 * 8 / 5e6, 0.06, 1.0
+    for _ in range(20):
+        s.observe_rtt(t, rtt_s * 1e3)
+        answer_s = t + 4 * link_s + rtt_s + 0.05     # four uploads back to back, one batch
+        for k in range(4):
+            s.observe_upload(answer_s, 20_000, link_s + rtt_s, sent_s=t + k * link_s)
+        t = answer_s + 0.01
+    assert s.state().bandwidth_bps == pytest.approx(5e6, rel=0.1)
+
+
 def test_probes_keep_bandwidth_known_while_device_only():
     s = make_scheduler()
     t = feed(s, 0.0, 1.0, 0.05, nbytes=2_000)  # 50 kbit/s: device-only is best
