@@ -616,6 +616,31 @@ def test_at_the_in_flight_limit_an_answer_later_than_every_recent_flight_means_a
     assert late.relief and late.where is Where.DEVICE
 
 
+def _answer_flights(s: Scheduler, t: float, flights_s: list[float]) -> float:
+    """Fill the in-flight limit and answer it after each flight time in turn."""
+    for flight_s in flights_s:
+        sent = [s.decide(t) for _ in range(s.p.pipeline_depth)]
+        assert all(d.where is Where.SPLIT for d in sent)
+        t += flight_s
+        for _ in sent:
+            s.observe_upload(t, 1000, flight_s)
+        t += 1e-3
+    return t
+
+
+def test_relief_weighs_the_slot_time_it_leaves_unused():
+    """Flights take 50 ms, one in five 1 s. At the limit, a 400 ms local run would most likely
+    leave the freed slots unused for ~350 ms, the frames of a 40 frames/s pipeline: not worth
+    one frame, although one wait in five is longer than the run (a 0.9 quantile of the wait
+    said to run it)."""
+    s = _two_config_scheduler(400.0)
+    t = _answer_flights(s, 1.0, ([0.05] * 4 + [1.0]) * 6)
+    for _ in range(2):
+        s.decide(t)
+    d = s.decide(t + 1e-3)
+    assert d.where is Where.SPLIT and not d.relief
+
+
 def test_after_a_fallback_only_a_gain_beyond_the_margin_leaves_device_only():
     """The split is predicted 1% better than device-only: not worth leaving it for."""
     table = ConfigTable.build([
