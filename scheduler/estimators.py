@@ -91,7 +91,7 @@ class BandwidthEstimator:
                              f"nbytes={nbytes}, seconds={seconds}")
         rtt_s = max(rtt_s, 0.0)
         raw = seconds - rtt_s
-        small = raw < max(self.min_net_s, 0.25 * rtt_s)
+        small = raw < self.full_net_s(rtt_s)
         # with the minimum RTT subtracted, what is left is the transfer plus this request's
         # jitter, never less than the transfer
         net = max(raw, 1e-3) if small else max(raw, 0.25 * seconds)
@@ -127,6 +127,11 @@ class BandwidthEstimator:
             return self._estimate if self._estimate is not None else _first_guess(self._samples)
         rate = lows[len(lows) // 2]
         return rate if self._estimate is None else max(rate, self._estimate)
+
+    def full_net_s(self, rtt_s: float) -> float:
+        """The shortest transfer (RTT taken out) that measures the link rather than bounding it:
+        anything shorter is within what the RTT's own jitter can hide."""
+        return max(self.min_net_s, 0.25 * max(rtt_s, 0.0))
 
     @property
     def estimate_bps(self) -> float | None:

@@ -31,10 +31,11 @@ class SchedulerParams:
     probe_max_bytes: int = 256_000         # ...largest: sized to take probe_net_s at the estimate
     probe_net_s: float = 0.05
     measure_interval_s: float = 2.0        # offloading with no full-size sample this long: probe
+    probe_share: float = 0.05              # offloading: probes take at most this share of the link
     backoff_initial_s: float = 0.5         # after a failure: first retry...
     backoff_max_s: float = 8.0             # ...doubling up to this
-    timeout_min_s: float = 1.0             # an upload is failed after max(this, k * predicted)
-    timeout_factor: float = 4.0
+    timeout_min_s: float = 1.0             # an upload is failed after max(this, k * predicted,
+    timeout_factor: float = 4.0            # k * a local run)
     scale_alpha: float = 0.2               # EWMA weight for device/cloud/queue/RTT samples
     relief: bool = True                    # run frames whole when the device would idle (below)
 
@@ -108,6 +109,7 @@ class Scheduler:
         self._last_upload_s = -math.inf
         self._link_done_s = -math.inf        # when the bytes of the uploads so far were through
         self._probe_in_flight = False
+        self._last_probe_s = -math.inf
         self._probe_growth = 1.0            # doubles while probes come back too short to measure
         self.switches = 0
         self.relief_frames = 0
@@ -134,13 +136,18 @@ class Scheduler:
         their own share of it (`_own_link_s`)."""
         if not probe:
             self._answered(now_s)
-        base = min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)
-        self.bandwidth.add(now_s, nbytes, self._own_link_s(sent_s, seconds, base / 1e3), base / 1e3)
+        base_s = self._base_rtt_s()
+        self.bandwidth.add(now_s, nbytes, self._own_link_s(sent_s, seconds, base_s), base_s)
         if probe:
             measured = self.bandwidth.last_full_t_s == now_s
             self._probe_growth = 1.0 if measured else min(self._probe_growth * 2.0, 1024.0)
         self._last_upload_s = now_s
         self._probe_in_flight = False
+
+    def _base_rtt_s(self) -> float:
+        """The round trip an upload's time is measured above: the recent minimum, not the
+        mean, so queueing in the network counts as transfer time."""
+        return (min(self._rtt_recent) if self._rtt_recent else (self.rtt.value or 0.0)) / 1e3
 
     def _own_link_s(self, sent_s: float | None, seconds: float, rtt_s: float) -> float:
         """The upload's time with the link to itself, plus one RTT (what the estimator expects).
@@ -253,7 +260,7 @@ class Scheduler:
         rest = ([f - elapsed for f in self._flights if f > elapsed] if self._flights
                 else [max(predicted_s - elapsed, 0.0)])
         if not rest:
-            return True
+            rest = [elapsed]
         idle_s = sum(max(forgone_s - w, 0.0) for w in rest) / len(rest)
         return offload_fps * idle_s < 1.0
 
@@ -282,7 +289,9 @@ class Scheduler:
         upload has measured the link for `probe_interval_s`. While offloading: when no upload
         has been long enough to measure the link (a full-size sample, not a lower bound) for
         `measure_interval_s`; on a fast link with a long RTT small payloads never are, and the
-        estimate would stay at what lower bounds prove. One probe at a time.
+        estimate would stay at what lower bounds prove. Then probes take at most `probe_share`
+        of the link's time: on 3G (417 ms RTT) every 6 kB frame is a lower bound, and probes
+        every 2 s took 45% of the bytes, leaving dyno at 0.7x cloud-only. One probe at a time.
         """
         if self._probe_in_flight:
             return False
@@ -292,14 +301,19 @@ class Scheduler:
         if on_device:
             return now_s >= self._last_upload_s + self.p.probe_interval_s
         last = self.bandwidth.last_full_t_s
-        return last is None or now_s >= last + self.p.measure_interval_s
+        if last is not None and now_s < last + self.p.measure_interval_s:
+            return False
+        probe_s = self.probe_bytes() * 8.0 / (self.bandwidth.estimate_bps or self.p.initial_bandwidth_bps)
+        return now_s >= self._last_probe_s + probe_s / self.p.probe_share
 
     def probe_bytes(self) -> int:
         """A probe long enough to be a full-size sample: probe_net_s of transfer at the current
-        estimate, within [probe_bytes, probe_max_bytes]. An estimate built from lower bounds is
-        too low to size it, so each probe that came back too short doubles the next one."""
+        estimate, and twice what the estimator needs over this RTT (`full_net_s`), within
+        [probe_bytes, probe_max_bytes]. An estimate built from lower bounds is too low to size
+        it, so each probe that came back too short doubles the next one."""
         bw = self.bandwidth.estimate_bps or self.p.initial_bandwidth_bps
-        want = max(bw * self.p.probe_net_s / 8.0, self.p.probe_bytes) * self._probe_growth
+        net_s = max(self.p.probe_net_s, 2.0 * self.bandwidth.full_net_s(self._base_rtt_s()))
+        want = max(bw * net_s / 8.0, self.p.probe_bytes) * self._probe_growth
         return int(min(want, self.p.probe_max_bytes))
 
     @property
@@ -310,6 +324,7 @@ class Scheduler:
 
     def probe_started(self, now_s: float) -> None:
         self._probe_in_flight = True
+        self._last_probe_s = now_s
 
     def slot_wait_budget_s(self) -> float:
         """How long a frame decided for offloading may wait for the in-flight limit before the
@@ -321,10 +336,15 @@ class Scheduler:
         return self._full_ms * float(self.device_scale.value or 1.0) / 1e3
 
     def upload_timeout_s(self, nbytes: float) -> float:
-        """How long the runtime should wait for an upload before calling observe_failure."""
+        """How long the runtime should wait for an upload before calling observe_failure:
+        `timeout_factor` times what it should take, and never less than that many local runs.
+        A failed upload is finished on the device and the next frames stay there until a
+        retry, so on a weak board a late answer is cheaper than giving up (pi-zero2 runs the
+        heavy model in 0.57 s: 1 s timeouts on slow LTE cost 5% of the frames)."""
         st = self.state()
         predicted = st.rtt_ms / 1e3 + nbytes * 8.0 / st.bandwidth_bps
-        return max(self.p.timeout_min_s, self.p.timeout_factor * predicted)
+        local_s = self._full_ms * st.device_scale / 1e3
+        return max(self.p.timeout_min_s, self.p.timeout_factor * max(predicted, local_s))
 
     # --- deciding --------------------------------------------------------------------------
 

@@ -474,13 +474,20 @@ def test_compiled_weighted_objective_matches_the_pure_one(bw, rtt, text):
     assert cc.best(ev).index == choose(estimate_all(t, state), obj, Slo(max_drop_pp=1.0)).index
 
 
+def _settle(s: Scheduler, t: float) -> float:
+    """Settle on an offloading configuration: 40 frames, each answered one flight after it left
+    (5 kB at 30 Mbit/s over a 60 ms RTT)."""
+    for _ in range(40):
+        s.decide(t)
+        t += 5000 * 8 / 30e6 + 0.06
+        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
+    return t
+
+
 def test_relief_runs_frames_locally_while_the_uplink_is_backlogged():
     s = make_scheduler()
     t = feed(s, 0.0, 1.0, 30.0)
-    for _ in range(40):                       # settle on an offloading configuration
-        s.decide(t)
-        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
-        t += 0.02
+    t = _settle(s, t)
     assert s.chosen.where is not Where.DEVICE
     chosen = s.chosen.key
     kinds = [s.decide(t + 1e-4 * k) for k in range(20)]   # no answers come back: backlog grows
@@ -495,10 +502,7 @@ def test_relief_runs_frames_locally_while_the_uplink_is_backlogged():
 def test_abandoned_frames_leave_the_pipeline_like_answered_ones():
     s = make_scheduler()
     t = feed(s, 0.0, 1.0, 30.0)
-    for _ in range(40):
-        s.decide(t)
-        s.observe_upload(t, 5000, 5000 * 8 / 30e6 + 0.06)
-        t += 0.02
+    t = _settle(s, t)
     sent = [d for d in (s.decide(t + 1e-4 * k) for k in range(20)) if d.where is not Where.DEVICE]
     assert sent and s.decide(t + 0.01).relief  # the pipeline is full
     for _ in sent:
@@ -557,6 +561,47 @@ def test_probes_grow_until_one_is_long_enough_to_measure_the_link():
     # measured: back to sizing by the estimate alone (no growth factor)
     by_estimate = max(s.bandwidth.estimate_bps * s.p.probe_net_s / 8, s.p.probe_bytes)
     assert s.probe_bytes() == int(min(by_estimate, s.p.probe_max_bytes))
+
+
+def test_over_a_long_rtt_probes_are_long_enough_and_take_a_small_share_of_the_link():
+    """3G: 417 ms RTT at 0.84 Mbit/s. A 6 kB frame crosses in 57 ms, under a quarter of the RTT,
+    so no frame measures the link: probes do, each one long enough to, and rarely enough to
+    leave the frames at least 1 - probe_share of the link."""
+    s = make_scheduler()
+    bw, rtt_s, t = 0.84e6, 0.417, 0.0
+    for _ in range(20):
+        s.observe_rtt(t, rtt_s * 1e3)
+        s.observe_upload(t, 60_000, 60_000 * 8 / bw + rtt_s, sent_s=t - 60_000 * 8 / bw - rtt_s)
+        t += 0.6
+    assert s.state().bandwidth_bps == pytest.approx(bw, rel=0.05)
+    size = s.probe_bytes()
+    assert (size * 8 / bw) >= s.bandwidth.full_net_s(rtt_s)     # it will measure, not bound
+    probe_bytes, frame_bytes, t0 = 0, 0, t
+    while t < t0 + 60.0:                                       # a minute of small frames
+        if s.probe_due(t):
+            s.probe_started(t)
+            n = s.probe_bytes()
+            probe_bytes += n
+            s.observe_upload(t + n * 8 / bw + rtt_s, n, n * 8 / bw + rtt_s, probe=True, sent_s=t)
+            t += n * 8 / bw
+        s.observe_upload(t + 0.057 + rtt_s, 6000, 0.057 + rtt_s, sent_s=t)
+        frame_bytes += 6000
+        t += 0.1
+    assert 0 < probe_bytes <= 1.2 * s.p.probe_share * (probe_bytes + frame_bytes) / (1 - s.p.probe_share)
+
+
+def test_an_upload_waits_at_least_timeout_factor_local_runs():
+    """A failed upload is finished on the device: a board that takes 0.5 s a frame gives the
+    link 4 x 0.5 s, not the 1 s floor."""
+    table = ConfigTable.build([
+        Config("full", None, Where.DEVICE, 500.0, 0.0, 0.0, 0.0, 0.0, 0.0, depth=2),
+        Config("mid", 4, Where.SPLIT, 5.0, 1.0, 1000.0, 0.1, 1.0, 0.1, depth=1)])
+    s = Scheduler(table, Objective.single("throughput"), Slo(max_drop_pp=1.0))
+    feed(s, 0.0, 1.0, 50.0, nbytes=1000, rtt_ms=40.0)
+    assert s.upload_timeout_s(1000) == pytest.approx(s.p.timeout_factor * 0.5)
+    fast = make_scheduler()
+    feed(fast, 0.0, 1.0, 50.0, nbytes=1000, rtt_ms=40.0)
+    assert fast.upload_timeout_s(1000) == pytest.approx(fast.p.timeout_min_s)
 
 
 def test_one_or_two_packet_uploads_cannot_raise_the_estimate_alone():
