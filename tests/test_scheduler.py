@@ -661,6 +661,17 @@ def test_at_the_in_flight_limit_an_answer_later_than_every_recent_flight_means_a
     assert late.relief and late.where is Where.DEVICE
 
 
+def test_a_stall_that_just_began_is_not_worth_a_long_local_run():
+    """60 ms without an answer where every flight took 50 ms: a stall, expected to last about as
+    long again, so a 400 ms local run would leave the slots idle; a 300 ms old one would not."""
+    s = _two_config_scheduler(400.0)
+    t = _fill_and_answer(s, 1.0, 0.05)
+    for _ in range(2):
+        s.decide(t)
+    assert not s.decide(t + 0.06).relief
+    assert s.decide(t + 0.4).relief
+
+
 def _answer_flights(s: Scheduler, t: float, flights_s: list[float]) -> float:
     """Fill the in-flight limit and answer it after each flight time in turn."""
     for flight_s in flights_s:
