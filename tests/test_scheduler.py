@@ -629,14 +629,15 @@ def _two_config_scheduler(full_ms: float, depth: int = 2) -> Scheduler:
     return s
 
 
-def _fill_and_answer(s: Scheduler, t: float, flight_s: float, rounds: int = 20) -> float:
-    """Offload `depth` frames at t, answer them flight_s later; repeat (a steady link)."""
-    for _ in range(rounds):
+def _fill_and_answer(s: Scheduler, t: float, flight_s: float | list[float], rounds: int = 20) -> float:
+    """Offload `depth` frames at t, answer them flight_s later; repeat (a steady link), or once
+    per flight time when given a list."""
+    for f in (flight_s if isinstance(flight_s, list) else [flight_s] * rounds):
         sent = [s.decide(t) for _ in range(s.p.pipeline_depth)]
         assert all(d.where is Where.SPLIT for d in sent)
-        t += flight_s
+        t += f
         for _ in sent:
-            s.observe_upload(t, 1000, flight_s)
+            s.observe_upload(t, 1000, f)
         t += 1e-3
     return t
 
@@ -672,25 +673,13 @@ def test_a_stall_that_just_began_is_not_worth_a_long_local_run():
     assert s.decide(t + 0.4).relief
 
 
-def _answer_flights(s: Scheduler, t: float, flights_s: list[float]) -> float:
-    """Fill the in-flight limit and answer it after each flight time in turn."""
-    for flight_s in flights_s:
-        sent = [s.decide(t) for _ in range(s.p.pipeline_depth)]
-        assert all(d.where is Where.SPLIT for d in sent)
-        t += flight_s
-        for _ in sent:
-            s.observe_upload(t, 1000, flight_s)
-        t += 1e-3
-    return t
-
-
 def test_relief_weighs_the_slot_time_it_leaves_unused():
     """Flights take 50 ms, one in five 1 s. At the limit, a 400 ms local run would most likely
     leave the freed slots unused for ~350 ms, the frames of a 40 frames/s pipeline: not worth
     one frame, although one wait in five is longer than the run (a 0.9 quantile of the wait
     said to run it)."""
     s = _two_config_scheduler(400.0)
-    t = _answer_flights(s, 1.0, ([0.05] * 4 + [1.0]) * 6)
+    t = _fill_and_answer(s, 1.0, ([0.05] * 4 + [1.0]) * 6)
     for _ in range(2):
         s.decide(t)
     d = s.decide(t + 1e-3)
