@@ -337,6 +337,26 @@ def test_uploads_that_share_the_link_measure_its_rate_not_a_share_of_it():
     assert alone.state().bandwidth_bps < 0.8e6
 
 
+def test_a_frame_answered_after_a_later_probe_is_not_read_as_a_share_of_the_link():
+    """3G, 417 ms RTT, 0.84 Mbit/s. Each round a 6 kB frame crosses in 57 ms but its answer waits
+    at the cloud; a probe sent later crosses and is answered first. The frame did not wait behind
+    the probe: read as the few ms after the probe's bytes, it measured 48 Mbit/s."""
+    s = make_scheduler()
+    bw, rtt_s, t = 0.84e6, 0.417, 0.0
+    for _ in range(10):
+        link_s = 60_000 * 8 / bw
+        s.observe_rtt(t, rtt_s * 1e3)
+        s.observe_upload(t + link_s + rtt_s, 60_000, link_s + rtt_s, sent_s=t)
+        t += link_s + rtt_s + 0.01
+    for _ in range(6):
+        frame_s, probe_s = 6000 * 8 / bw, 60_000 * 8 / bw
+        probe_sent = t + frame_s
+        s.observe_upload(probe_sent + probe_s + rtt_s, 60_000, probe_s + rtt_s, probe=True, sent_s=probe_sent)
+        s.observe_upload(t + 2.0, 6000, frame_s + rtt_s, sent_s=t)    # answered late, sent first
+        t += 2.5
+    assert s.state().bandwidth_bps < 2 * bw
+
+
 def test_answers_that_bunch_behind_the_cloud_do_not_inflate_the_link():
     """One upload at a time, but a batching cloud answers them together: the gaps between answers
     say nothing about the link (reading them as link time overestimated Wi-Fi many times over)."""
