@@ -242,16 +242,17 @@ class Scheduler:
             if now_s is not None and now_s >= sent_s:
                 self._flights.append(now_s - sent_s)
 
-    def _relief_pays(self, now_s: float, forgone_s: float, offload_fps: float) -> bool:
-        """At the in-flight limit: run the frame whole (the device is then busy `forgone_s`
-        beyond the head) rather than wait for a slot?
+    def _relief_pays(self, now_s: float, full_s: float, dev_s: float, offload_fps: float) -> bool:
+        """At the in-flight limit: run the frame whole (`full_s` on the device) rather than run
+        its head and packing (`dev_s`) and wait for a slot?
 
         Relief gains one frame. What it costs is the slot time it leaves unused: if the oldest
-        frame in flight answers after w, the device is still busy for forgone_s - w, and the
-        offloading pipeline, `offload_fps` when it has slots, loses that much of its frames. So
-        relief pays when offload_fps * E[(forgone_s - w)+] < 1, the expectation over the recent
-        flight times longer than the oldest frame's flight so far (w conditional on the time
-        already spent). A flight longer than every recent one is a stall: relief. On a weak
+        frame in flight answers after w, the offloaded frame would have left the device at
+        max(dev_s, w), the whole run leaves it at full_s, and for the difference the offloading
+        pipeline, `offload_fps` when it has slots, loses frames. So relief pays when
+        offload_fps * E[(full_s - max(dev_s, w))+] < 1, the expectation over the recent flight
+        times longer than the oldest frame's flight so far (w conditional on the time already
+        spent; past every recent flight, a stall, expected to last as long again). On a weak
         board this weighs a 0.57 s local run against the ~30 frames a 60 frames/s pipeline
         would carry meanwhile; a threshold on a quantile of w ignored that, and cost 4-36% of
         the frames on cellular links with the heavy model."""
@@ -266,7 +267,7 @@ class Scheduler:
                 else [max(predicted_s - elapsed, 0.0)])
         if not rest:
             rest = [elapsed]
-        idle_s = sum(max(forgone_s - w, 0.0) for w in rest) / len(rest)
+        idle_s = sum(max(full_s - max(dev_s, w), 0.0) for w in rest) / len(rest)
         return offload_fps * idle_s < 1.0
 
     def observe_success(self, now_s: float) -> None:
@@ -390,7 +391,7 @@ class Scheduler:
             # least as long as that costs it beyond the head
             offload_fps = 1.0 / max(dev_s, up_s, d.cloud_ms / 1e3,
                                     d.latency_ms / 1e3 / self.p.pipeline_depth, 1e-6)
-            relieve = self._relief_pays(now_s, full_s - dev_s, offload_fps)
+            relieve = self._relief_pays(now_s, full_s, dev_s, offload_fps)
         elif wait <= 0 or self._thr_objective:
             # For throughput a backlog below the in-flight limit costs latency, not frames: it
             # drains when the link recovers, and a local run would only take the device from

@@ -213,48 +213,49 @@ class _Run:
         t_arr = arrival if arrival is not None else t0
         pick = choice.pick(t0)
         c = pick.config
-        if c.where is not Where.DEVICE:
-            # at most pipeline_depth offloaded frames in flight: wait for the oldest answer
-            while self.in_flight and self.in_flight[0] <= t0:
-                heapq.heappop(self.in_flight)
-            if len(self.in_flight) >= prm.pipeline_depth:
-                slot = heapq.nsmallest(len(self.in_flight) - prm.pipeline_depth + 1, self.in_flight)[-1]
-                budget = choice.slot_wait_budget_s()
-                if slot - t0 > budget:   # no slot in time: the runtime finishes it on the device
-                    choice.on_abandoned(t0 + budget)
-                    t0 += budget
-                    pick = replace(pick, config=full, relief=True)
-                    c = full
-                else:
-                    t0 = slot
-                t_arr = t_arr if arrival is not None else t0
         dev_ms = (c.head_ms + c.pack_ms) * self.noise()
-        dev_done = self.device_free = t0 + dev_ms / 1e3
+        dev_done = t0 + dev_ms / 1e3
         failed, cloud_ms = False, 0.0
         if c.where is Where.DEVICE:
-            done = dev_done
+            self.device_free = done = dev_done
             choice.on_device(done, FULL, dev_ms, None)
         else:
+            # As the runtime does: the head and packing run from when the device is free, then
+            # the upload waits for one of pipeline_depth slots (the oldest answer) with the device
+            # holding it; past the wait budget the runtime finishes the frame on the device.
+            while self.in_flight and self.in_flight[0] <= dev_done:
+                heapq.heappop(self.in_flight)
+            send = dev_done
+            if len(self.in_flight) >= prm.pipeline_depth:
+                send = heapq.nsmallest(len(self.in_flight) - prm.pipeline_depth + 1, self.in_flight)[-1]
+            budget = choice.slot_wait_budget_s()
             choice.on_device(dev_done, c.split, dev_ms, c.bits)
-            up = self.uplink.send(dev_done, c.bytes, choice.upload_timeout_s(c.bytes))
-            if up.ok:
-                arrive = up.end_s + self.rtt_s / 2
-                cstart = max(arrive, self.cloud_free)
-                tail = c.tail_ms * self.noise() / (1.0 - min(prm.cloud_load, 0.99))
-                cloud_ms = c.unpack_ms + tail
-                self.cloud_free = cstart + cloud_ms / 1e3
-                r_ms = prm.rtt_ms + self.jitter()
-                done = self.cloud_free + self.background_s + r_ms / 2e3
-                choice.on_answer(done, c.split, c.bytes, up.end_s - up.start_s + r_ms / 1e3, r_ms,
-                                 tail, (cstart - arrive + self.background_s) * 1e3,
-                                 self._utilisation(self.cloud_free, cloud_ms / 1e3), sent_s=up.start_s)
-            else:   # the upload outlasted the scheduler's timeout: the device finishes it
-                failed = True
-                self.failures += 1
-                choice.on_failure(up.end_s)
-                start = max(up.end_s, self.device_free)
-                self.device_free = done = start + full.head_ms * self.noise() / 1e3
-            heapq.heappush(self.in_flight, done)
+            if send - dev_done > budget:   # no slot in time: the runtime finishes it on the device
+                choice.on_abandoned(dev_done + budget)
+                pick = replace(pick, config=full, relief=True)
+                c = full
+                self.device_free = done = dev_done + budget + full.head_ms * self.noise() / 1e3
+            else:
+                self.device_free = send
+                up = self.uplink.send(send, c.bytes, choice.upload_timeout_s(c.bytes))
+                if up.ok:
+                    arrive = up.end_s + self.rtt_s / 2
+                    cstart = max(arrive, self.cloud_free)
+                    tail = c.tail_ms * self.noise() / (1.0 - min(prm.cloud_load, 0.99))
+                    cloud_ms = c.unpack_ms + tail
+                    self.cloud_free = cstart + cloud_ms / 1e3
+                    r_ms = prm.rtt_ms + self.jitter()
+                    done = self.cloud_free + self.background_s + r_ms / 2e3
+                    choice.on_answer(done, c.split, c.bytes, up.end_s - up.start_s + r_ms / 1e3, r_ms,
+                                     tail, (cstart - arrive + self.background_s) * 1e3,
+                                     self._utilisation(self.cloud_free, cloud_ms / 1e3), sent_s=up.start_s)
+                else:   # the upload outlasted the scheduler's timeout: the device finishes it
+                    failed = True
+                    self.failures += 1
+                    choice.on_failure(up.end_s)
+                    start = max(up.end_s, self.device_free)
+                    self.device_free = done = start + full.head_ms * self.noise() / 1e3
+                heapq.heappush(self.in_flight, done)
         self.fallback_frames += pick.fallback
         self.first_t = t_arr if self.first_t is None else self.first_t
         self.last_done = done if self.last_done is None else max(self.last_done, done)

@@ -179,3 +179,17 @@ def test_a_stalled_link_never_idles_the_device_longer_than_a_local_run(table):
     gaps = [b.t_s - a.t_s for a, b in zip(tl, tl[1:]) if not a.failed]
     assert max(gaps) < 3 * full_s
     assert res.summary["relief_frames"] > 0
+
+
+def test_the_device_packs_the_next_frame_while_every_slot_is_taken():
+    """As the runtime does: at the in-flight limit the board encodes the next JPEG while it waits
+    for a slot, so one slot's cycle is its flight, not its flight plus the encode."""
+    from scheduler.core import Config, ConfigTable
+
+    table = ConfigTable.build([
+        Config("full", None, Where.DEVICE, 1000.0, 0.0, 0.0, 0.0, 0.0, 0.0, depth=2),
+        Config("input", None, Where.CLOUD, 0.0, 40.0, 1000.0, 0.0, 1.0, 0.0, depth=0)])
+    s = run(table, constant(100.0, 60), Policy.CLOUD, frames=300, rtt_ms=100.0, rtt_jitter_ms=0.0,
+            pipeline_depth=1, noise=0.0)
+    # one slot: 40 ms encode, ~101 ms flight; packing after the slot frees would give ~7 fps
+    assert s["throughput_fps"] == pytest.approx(1000 / 101.1, rel=0.05)
