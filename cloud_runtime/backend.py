@@ -21,7 +21,7 @@ class TailSpec:
     model: str
     model_sha256: str
     split: str
-    path: str  # absolute path of the Keras tail (tails/<split>.json, or .keras in older bundles)
+    path: str  # absolute path of the Keras tail (tails/<split>.json.gz; .json or .keras in older bundles)
     input_shape: tuple[int, ...]  # without the batch dimension
     tflite_path: str | None = None  # absolute path of the bundle's tails.tflite, when it has one
     tflite_signature: str | None = None  # this tail's signature in it (None: no TFLite tail)

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail-backend", choices=("auto", "litert", "tf"), default=d.backend,
                    help="auto (default): LiteRT + XNNPACK on a CPU when every tail has a TFLite "
                         "file, TensorFlow on a GPU; litert; tf")
+    p.add_argument("--tail-threads", type=int, default=None,
+                   help="threads one tail call may use (default: every core; with --engine ray, "
+                        "--cpus-per-replica)")
     p.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s)
     p.add_argument("--read-timeout-s", type=float, default=d.read_timeout_s,
                    help="longest silence allowed while a request body arrives (then 408)")
@@ -122,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         threads=args.threads, token=args.token, max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms, max_body_bytes=args.max_body_bytes,
         max_queue=args.max_queue, early_dispatch=args.early_dispatch, load=args.load,
-        backend=args.tail_backend,
+        backend=args.tail_backend, tail_threads=args.tail_threads,
         request_timeout_s=args.request_timeout_s, read_timeout_s=args.read_timeout_s,
         body_deadline_s=args.body_deadline_s,
         fault_injection=args.fault_injection, certfile=args.certfile, keyfile=args.keyfile,

@@ -9,7 +9,6 @@ interrupted run never leaves a half-written bundle behind.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -27,7 +26,7 @@ from converter.export import ExportError, heads_to_tflite, tails_to_tflite, to_t
 from converter.flops import layer_flops
 from splitinfer.litert import HeadFiles, load_interpreter, run_once
 from splitinfer.bundle.files import umask_mode, write_json_atomic
-from splitinfer.bundle.keras_tail import MODEL_FILE, load_keras_tail, tail_document
+from splitinfer.bundle.keras_tail import MODEL_FILE, TAIL_SUFFIX, load_keras_tail, tail_document, write_tail_file
 from splitinfer.bundle.manifest import (
     FORMAT_NAME,
     INPUT_SPLIT,
@@ -294,9 +293,8 @@ def _convert_split(p: Plan, cand: Candidate, head: _Head | None, work: Path, sam
         head_err = _compare(expected, activations)
         t = keras.Input(shape=cand.shape, name=_fresh_name("activation", {n.name for n in p.graph.nodes}))
         tail_model = keras.Model(t, G.replay(p.graph, cand.tensor, t, p.graph.sink), name=f"tail_{file_stem}")
-    tail_path = f"tails/{file_stem}.json"
-    document = tail_document(None if cand.node < 0 else tail_model, f"../{MODEL_FILE}")
-    (work / tail_path).write_text(json.dumps(document, separators=(",", ":")))
+    tail_path = f"tails/{file_stem}{TAIL_SUFFIX}"
+    write_tail_file(work / tail_path, tail_document(None if cand.node < 0 else tail_model, f"../{MODEL_FILE}"))
     # Checked as the cloud will load it: the architecture from the file, the weights from the
     # bundle's model file.
     saved_tail = load_keras_tail(work / tail_path)

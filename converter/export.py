@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from converter.compact import short_tensor_names
 from splitinfer.litert import SIGNATURE_INPUT, SIGNATURE_OUTPUT
 from splitinfer.quiet import import_tensorflow, native_output_captured
 
@@ -65,7 +66,7 @@ def to_tflite(
             f"TFLite conversion failed for {getattr(model, 'name', 'model')}: "
             f"{type(error).__name__}: {str(error)[:500]}\n{detail}"
         ) from error
-    return flatbuffer
+    return short_tensor_names(flatbuffer)
 
 
 def tails_to_tflite(tails: Mapping[str, tuple[Any, tuple[int, ...]]], variables: Iterable[Any]) -> bytes:
@@ -106,11 +107,12 @@ def signatures_to_tflite(models: Mapping[str, tuple[Any, tuple[int, ...]]], vari
                 tf.saved_model.save(module, saved, signatures=signatures)
                 converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(signatures))
                 converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-                return converter.convert()
+                flatbuffer = converter.convert()
             except Exception as e:  # the converter raises many types; one message is enough
                 detail = "".join(log)[-2000:]
                 raise ExportError(f"TFLite conversion of {what} failed: {type(e).__name__}: "
                                   f"{str(e)[:500]}\n{detail}") from e
+    return short_tensor_names(flatbuffer)
 
 
 def _signature_function(model: Any, spec: Any) -> Any:

@@ -611,3 +611,14 @@ def _depth(service) -> int:
 def _wait_for(cond, timeout=5.0):
     if not wait_until(cond, timeout, every=0.005):
         raise AssertionError("condition not reached")
+
+
+def test_tail_threads_come_from_the_command_line():
+    from cloud_runtime.config import ConfigError
+    from cloud_runtime.serve import build_parser, config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["--bundle", "x"])).tail_threads is None
+    assert config_from_args(parser.parse_args(["--bundle", "x", "--tail-threads", "1"])).tail_threads == 1
+    with pytest.raises(ConfigError, match="tail_threads must be an integer >= 1"):
+        config_from_args(parser.parse_args(["--bundle", "x", "--tail-threads", "0"]))

@@ -1,6 +1,7 @@
 """The converter end to end: real Keras models in, bundles out, checked independently."""
 from __future__ import annotations
 
+import gzip
 import json
 import random
 
@@ -89,6 +90,33 @@ def test_heads_share_one_file_with_batch_one(tiny_bundle):
         runner = interp.get_signature_runner(s.head_signature)
         assert list(runner.get_input_details()["x"]["shape"]) == [1, 32, 32, 3]
         assert list(runner.get_output_details()["y"]["shape"]) == [1, *s.shape]
+
+
+def test_tflite_files_name_tensors_by_index(tiny_bundle):
+    """Tensor names are the converter's op paths, most of a multi-signature file's non-weights;
+    the bundle keeps them as indices only (signatures find tensors by index)."""
+    manifest = load_manifest(tiny_bundle)
+    for file in (manifest.full, "heads.tflite", manifest.tails_tflite):
+        interp, _ = load_interpreter(tiny_bundle / file)
+        names = {d["name"] for d in interp.get_tensor_details()}
+        assert names and all(n.isdigit() for n in names), (file, sorted(names)[:3])
+
+
+def test_short_tensor_names_change_nothing_else(tiny_model_path, monkeypatch):
+    import keras
+
+    import converter.export
+    from converter.compact import short_tensor_names
+
+    model = keras.models.load_model(tiny_model_path, compile=False)
+    monkeypatch.setattr(converter.export, "short_tensor_names", lambda flatbuffer: flatbuffer)
+    named = converter.export.to_tflite(model, (32, 32, 3))
+    compact = short_tensor_names(named)
+    assert len(compact) < len(named)
+    assert short_tensor_names(compact) == compact  # a fixed point
+    x = np.random.default_rng(0).uniform(0, 255, size=(1, 32, 32, 3)).astype(np.float32)
+    run = [run_once(load_interpreter(model_content=f)[0], x) for f in (named, compact)]
+    np.testing.assert_array_equal(run[0], run[1])
 
 
 def test_sequential_and_nested_models(tmp_path):
@@ -244,8 +272,9 @@ def test_keras_tails_share_the_bundle_model_weights(tiny_bundle, tmp_path):
     manifest = load_manifest(tiny_bundle)
     model_bytes = (tiny_bundle / manifest.keras_model).stat().st_size
     for s in manifest.splits:
-        assert s.tail.endswith(".json")
+        assert s.tail.endswith(".json.gz")
         assert (tiny_bundle / s.tail).stat().st_size < model_bytes / 4, s.name
+        assert (tiny_bundle / s.tail).read_bytes()[:2] == b"\x1f\x8b", s.name  # gzip
     # The weights come from the model file: change it, and every loaded tail changes with it.
     import keras
 
@@ -272,6 +301,9 @@ def test_keras_tail_files_fail_with_one_clear_line(tiny_bundle, tmp_path):
     tail.write_text("{not json")
     with pytest.raises(BundleError, match="Cannot read the tail file"):
         load_keras_tail(tail)
+    tail.write_bytes(gzip.compress(b'{"format": "splitinfer-keras-tail"}')[:-6])  # cut short
+    with pytest.raises(BundleError, match="Cannot read the tail file"):
+        load_keras_tail(tail)
     tail.write_text(json.dumps({"format": "splitinfer-keras-tail", "version": 7}))
     with pytest.raises(BundleError, match="version 7"):
         load_keras_tail(tail)
@@ -289,6 +321,20 @@ def test_tails_saved_as_keras_files_still_load(tiny_bundle, tmp_path):
     tail.save(tmp_path / "pw.keras")
     x = np.random.default_rng(0).normal(size=(2, *manifest.split("pw").shape)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(load_keras_tail(tmp_path / "pw.keras")(x)), np.asarray(tail(x)))
+
+
+def test_uncompressed_tail_files_still_load(tiny_bundle, tmp_path):
+    """Bundles converted before tail files were gzip-compressed keep working."""
+    import shutil
+
+    manifest = load_manifest(tiny_bundle)
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bundle, copy)
+    packed = copy / manifest.split("pw").tail
+    plain = packed.with_name("pw.json")
+    plain.write_bytes(gzip.decompress(packed.read_bytes()))
+    x = np.random.default_rng(0).normal(size=(2, *manifest.split("pw").shape)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(load_keras_tail(plain)(x)), np.asarray(load_keras_tail(packed)(x)))
 
 
 def test_heads_that_do_not_convert_together_get_a_file_each(tiny_model_path, tmp_path, monkeypatch):

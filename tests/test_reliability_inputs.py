@@ -216,7 +216,7 @@ TAMPERED = {  # name: (edit, words the one-line error must contain, for edge and
     "manifest-split-no-tail": (_json_edit("manifest.json", lambda d: {
         **d, "splits": [{k: v for k, v in s.items() if k != "tail"} for s in d["splits"]]}),
         "Malformed bundle manifest"),
-    "manifest-missing-file": (lambda b: (b / "tails" / "pw.json").unlink(), "does not match its manifest"),
+    "manifest-missing-file": (lambda b: (b / "tails" / "pw.json.gz").unlink(), "does not match its manifest"),
     "calibration-values": (_json_edit("calibration.json", _shift_lo), "does not match its values"),
     "calibration-nan": (_json_edit("calibration.json", _nan_lo), "NaN"),
     "calibration-other-model": (_json_edit("calibration.json", lambda d: {**d, "model_sha256": "0" * 64}),
@@ -309,7 +309,7 @@ def test_tampered_bundle_through_the_real_clis(profiled_bundle, tmp_path):  # no
     assert r.returncode == 2 and "version 2" in one_error_line(r.stderr)
 
 
-@pytest.mark.parametrize("backend, corrupt", [("tf", "tails/pw.json"), ("tf", "model.keras"),
+@pytest.mark.parametrize("backend, corrupt", [("tf", "tails/pw.json.gz"), ("tf", "model.keras"),
                                               ("litert", "tails.tflite")])
 def test_a_corrupt_tail_makes_the_cloud_say_why_it_is_not_ready(profiled_bundle, tmp_path,  # noqa: F811
                                                                 backend, corrupt):

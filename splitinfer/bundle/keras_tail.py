@@ -1,16 +1,18 @@
 """Keras tails that share one copy of the model's weights.
 
-A tail file (`tails/<split>.json`) holds the tail's architecture only, as Keras' JSON config, and
-names the bundle's model file; loading it copies each layer's weights from that model by layer
+A tail file (`tails/<split>.json.gz`) holds the tail's architecture only, as Keras' JSON config,
+and names the bundle's model file; loading it copies each layer's weights from that model by layer
 name (the converter builds every tail on the model's own layers, so the names match). Why: with
 a `.keras` file per split, each carrying the weights after its cut, the default 12-split bundle
-held 57 MB of tails for a 6 MB model.
+held 57 MB of tails for a 6 MB model. The configs repeat each layer's settings, so gzip takes them
+from 3.5 MB to 80 kB at the default model's 49 cuts.
 
-Bundles from before this format (`tails/<split>.keras`) still load. Keras is imported only when
-a tail is loaded, so the board and the scheduler never need it.
+Bundles from before these formats (`tails/<split>.keras`, or an uncompressed `.json`) still
+load. Keras is imported only when a tail is loaded, so the board and the scheduler never need it.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import threading
@@ -21,7 +23,9 @@ from splitinfer.errors import BundleError
 
 TAIL_FORMAT = "splitinfer-keras-tail"
 TAIL_VERSION = 1
+TAIL_SUFFIX = ".json.gz"
 MODEL_FILE = "model.keras"  # the bundle's Keras model, whose weights every tail file reads
+_GZIP_MAGIC = b"\x1f\x8b"
 
 _CACHED_MODELS = 4  # a cloud serving several bundles loads their tails in turns
 _cache_lock = threading.Lock()
@@ -35,6 +39,18 @@ def tail_document(tail_model: Any | None, weights: str) -> dict[str, Any]:
     return {"format": TAIL_FORMAT, "version": TAIL_VERSION, "weights": weights, "config": config}
 
 
+def write_tail_file(path: str | os.PathLike, document: dict[str, Any]) -> None:
+    """Write a tail document gzip-compressed, with no timestamp, so one tail gives one file."""
+    text = json.dumps(document, separators=(",", ":")).encode()
+    Path(path).write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
+
+
+def read_tail_file(path: str | os.PathLike) -> Any:
+    """The JSON document in a tail file, compressed or not."""
+    data = Path(path).read_bytes()
+    return json.loads(gzip.decompress(data) if data[:2] == _GZIP_MAGIC else data)
+
+
 def load_keras_tail(path: str | os.PathLike) -> Any:
     """The Keras tail at `path`, with its weights (a `.keras` file, or a tail file)."""
     path = Path(path)
@@ -43,8 +59,8 @@ def load_keras_tail(path: str | os.PathLike) -> Any:
     if path.suffix == ".keras":
         return keras.models.load_model(path, compile=False)
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        doc = read_tail_file(path)
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, ValueError) as e:
         raise BundleError(f"Cannot read the tail file {path}: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != TAIL_FORMAT:
         raise BundleError(f"{path} is not a tail file (expected format {TAIL_FORMAT!r}).")
