@@ -436,23 +436,7 @@ def plot_timeline(run: dict, trace, path: Path, args, device: str) -> None:
     axes[0].plot(t[by_time], est[by_time], color="tab:blue", lw=1, label="edge estimate")
     axes[0].set_ylabel("uplink Mbit/s")
     axes[0].legend(fontsize=8, loc="upper right")
-    # bit widths 2..8 each get a colour; float16/32 payloads share the top one, device-only and
-    # JPEG frames (no bits) are grey
-    from matplotlib.colors import BoundaryNorm
-
-    bits = np.array([r["bits"] if isinstance(r["bits"], int) else -1 for r in rows])
-    packed = bits > 0
-    axes[1].scatter(t[~packed], depth[~packed], s=6, color="0.6", label="device-only / JPEG")
-    norm = BoundaryNorm(np.arange(1.5, 10.5, 1.0), 256)
-    sc = axes[1].scatter(t[packed], depth[packed], c=np.minimum(bits[packed], 9), cmap="viridis",
-                         norm=norm, s=6)
-    axes[1].set_yticks([0, full_depth])
-    axes[1].set_yticklabels(["cloud-only", "device-only"])
-    axes[1].set_ylabel("split (depth)")
-    axes[1].legend(fontsize=8, loc="upper right")
-    bar = fig.colorbar(sc, ax=list(axes), label="bits (middle panel)", pad=0.01, fraction=0.03,
-                       ticks=range(2, 10))
-    bar.ax.set_yticklabels([str(b) for b in range(2, 9)] + ["16/32"])
+    _plot_choices(fig, axes[1], t, depth, rows, full_depth)
     fb = np.array([r["fallback"] for r in rows], dtype=bool)
     axes[2].scatter(t[~fb], lat[~fb], s=4, color="tab:green", label="answered")
     if fb.any():
@@ -461,9 +445,35 @@ def plot_timeline(run: dict, trace, path: Path, args, device: str) -> None:
     axes[2].set_yscale("log")
     axes[2].set_xlabel("time since start of run (s)")
     axes[2].legend(fontsize=8, loc="upper right")
-    fig.suptitle(f"dyno live: split and bits follow the uplink ({device})")
+    fig.suptitle(f"dyno live: where each frame ran as the uplink changed ({device})")
     fig.savefig(path)
     plt.close(fig)
+
+
+def _plot_choices(fig, ax, t: np.ndarray, depth: np.ndarray, rows: list[dict], full_depth: int) -> bool:
+    """Each frame at its split depth: device-only and cloud-only frames (no bits) in greys, split
+    frames coloured by bit width (2..8 a colour each, float16/32 the top one). The bits colour
+    bar is drawn only when some frame was split: with device-only and JPEG frames alone it
+    would explain nothing on the plot. Returns whether it was drawn."""
+    from matplotlib.colors import BoundaryNorm
+
+    bits = np.array([r["bits"] if isinstance(r["bits"], int) else -1 for r in rows])
+    packed = bits > 0
+    local = np.array([r["where"] == "device" for r in rows], dtype=bool)
+    for mask, colour, label in ((local, "0.45", "device-only"),
+                                (~local & ~packed, "0.7", "cloud-only (JPEG or raw input)")):
+        if mask.any():
+            ax.scatter(t[mask], depth[mask], s=6, color=colour, label=label)
+    if packed.any():
+        norm = BoundaryNorm(np.arange(1.5, 10.5, 1.0), 256)
+        sc = ax.scatter(t[packed], depth[packed], c=np.minimum(bits[packed], 9), cmap="viridis", norm=norm, s=6)
+        bar = fig.colorbar(sc, ax=ax, label="bits", pad=0.01, fraction=0.03, ticks=range(2, 10))
+        bar.ax.set_yticklabels([str(b) for b in range(2, 9)] + ["16/32"])
+    ax.set_yticks([0, full_depth])
+    ax.set_yticklabels(["cloud-only", "device-only"])
+    ax.set_ylabel("split (depth)")
+    ax.legend(fontsize=8, loc="center right")
+    return bool(packed.any())
 
 
 def _step(cmd: list[str]) -> None:

@@ -80,3 +80,27 @@ def test_profiled_images_reads_the_profile_and_tolerates_junk(tmp_path):
     assert demo.profiled_images(tmp_path) == 0  # no confidence bounds: the demo profiles again
     (tmp_path / "profile.json").write_text(json.dumps(_profile(42)))
     assert demo.profiled_images(tmp_path) == 42
+
+
+@pytest.mark.parametrize("split_frames", [False, True])
+def test_the_timeline_shows_the_bits_colour_bar_only_for_split_frames(split_frames):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [{"where": "device", "split": "full", "bits": None},
+            {"where": "cloud", "split": "input", "bits": None}]
+    if split_frames:
+        rows.append({"where": "split", "split": "mid", "bits": 4})
+    fig, ax = plt.subplots()
+    try:
+        drawn = demo._plot_choices(fig, ax, np.arange(len(rows), dtype=float),
+                                   np.array([2, 0, 1][:len(rows)]), rows, full_depth=2)
+        assert drawn == split_frames
+        assert len(fig.axes) == (2 if split_frames else 1)  # the colour bar is an axes of its own
+        labels = ax.get_legend_handles_labels()[1]
+        assert labels[:2] == ["device-only", "cloud-only (JPEG or raw input)"]
+    finally:
+        plt.close(fig)
