@@ -1,7 +1,8 @@
 """TensorFlow vs LiteRT tails on a CPU cloud: serving, agreement, and the profiler's time.
 
     python -m benchmarks.cloud_backends [--bundle build/fashion] [--data DIR] [--seconds 5]
-        [--clients 16] [--agreement-images 300] [--profile-images 100] [--skip-profile] [--json PATH]
+        [--clients 16] [--agreement-images 300] [--profile-images 100] [--tail-rows 400] [--skip-profile]
+        [--json PATH]
 
 In one run, on the same bundle:
 - serving: two real `python -m cloud_runtime` servers, `--tail-backend tf` and `litert`, up at
@@ -10,6 +11,8 @@ In one run, on the same bundle:
 - agreement: both backends' tails, as the cloud runs them (`cloud_runtime`'s backend classes,
   bucketed batches), on the real heads' activations of test scenes: top-1 agreement and the
   largest logit difference per split (test scenes for the default model, else `--data`);
+- the tails alone: the same backend classes, no HTTP, at batch 1, 8 and 16 (ms per row, median),
+  so that the backend's own speed-up is told apart from what the HTTP path costs;
 - profiler: `python -m converter.profile` on a copy of the bundle with each backend.
 """
 from __future__ import annotations
@@ -34,6 +37,7 @@ DEFAULT_OUT = common.RESULTS / "cloud_backends.json"
 BACKENDS = ("tf", "litert")
 READY_TIMEOUT_S = 240
 AGREEMENT_BATCH = 16  # one of the cloud's bucket sizes
+TAIL_BATCHES = (1, 8, 16)  # bucket sizes: batch 1, and what 16 clients fill
 
 
 def chosen_splits(manifest) -> dict[str, str]:
@@ -100,6 +104,37 @@ def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, 
     return out
 
 
+def tail_only(bundle: Path, splits: dict[str, str], rows_timed: int = 400) -> list[dict]:
+    """Median ms per row of each backend's tail at each batch size, the backends alternating call
+    by call (so a burst of load hits both alike), without HTTP, decoding or batching waits."""
+    from cloud_runtime.litert_backend import LiteRTTailBackend
+    from cloud_runtime.registry import ModelRegistry
+    from cloud_runtime.tf_backend import KerasTailBackend
+
+    tails = {t.split: t for t in ModelRegistry.from_bundles([str(bundle)]).tails()}
+    backends = {"tf": KerasTailBackend(), "litert": LiteRTTailBackend()}
+    for backend in backends.values():
+        backend.start()
+    rows, rng = [], np.random.default_rng(0)
+    for where, name in splits.items():
+        tail = tails[name]
+        for backend in backends.values():
+            backend.load(tail)
+        for batch in TAIL_BATCHES:
+            x = rng.normal(size=(batch, *tail.input_shape)).astype(np.float32)
+            times: dict[str, list[float]] = {b: [] for b in backends}
+            for i in range(3 + max(5, rows_timed // batch)):
+                for b, backend in backends.items():
+                    t0 = time.perf_counter()
+                    backend.run(tail, x)
+                    if i >= 3:  # the first calls warm up
+                        times[b].append(time.perf_counter() - t0)
+            for b in backends:
+                rows.append({"backend": b, "split": name, "where": where, "batch": batch,
+                             "ms_per_row": round(float(np.median(times[b])) * 1e3 / batch, 4)})
+    return rows
+
+
 def profile_time(bundle: Path, images: int, logs: Path, data: Path | None = None) -> list[dict]:
     """Seconds for `python -m converter.profile` on a copy of the bundle, per backend."""
     rows = []
@@ -141,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--agreement-images", type=int, default=300)
     p.add_argument("--profile-images", type=int, default=100)
+    p.add_argument("--tail-rows", type=int, default=400, help="rows timed per backend, split and batch size "
+                   "for the tails alone")
     p.add_argument("--skip-profile", action="store_true")
     p.add_argument("--json", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
@@ -158,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                     "bundle_bytes": bundle_sizes(args.bundle, manifest)}
     print(f"serving, {args.clients} clients, {args.seconds:g} s per run")
     report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs)
+    print("the tails alone, no HTTP")
+    report["tail_only"] = tail_only(args.bundle, splits, args.tail_rows)
     print(f"agreement on {args.agreement_images} test scenes")
     try:
         agree = agreement(args.bundle, args.agreement_images, args.data)
@@ -183,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                        ["backend", "where", "split", "req/s", "p99 ms", "batch", "tail ms/req"],
                        [[r["backend"], r["where"], r["split"], r["req_s"], r["p99_ms"], r["batch_size_mean"],
                          r["tail_ms_per_request"]] for r in report["serving"]])
+    ms = {(r["backend"], r["where"], r["batch"]): r["ms_per_row"] for r in report["tail_only"]}
+    report["tail_only_ratio_tf_over_litert"] = {f"{w} batch {b}": common.ratio(ms[("tf", w, b)], ms[("litert", w, b)])
+                                                for w in splits for b in TAIL_BATCHES}
+    common.print_table("The tails alone (no HTTP): ms per row, median",
+                       ["where", "batch", "tf", "litert", "tf/litert"],
+                       [[w, b, ms[("tf", w, b)], ms[("litert", w, b)],
+                         report["tail_only_ratio_tf_over_litert"][f"{w} batch {b}"]]
+                        for w in splits for b in TAIL_BATCHES], digits=3)
     common.print_table(f"Agreement, LiteRT vs TensorFlow tails ({args.agreement_images} test scenes)",
                        ["split", "top-1 agreement", "max logit diff"],
                        [[k, v["agreement"], f"{v['max_logit_diff']:.2e}"] for k, v in agree.items()], digits=4)

@@ -120,11 +120,16 @@ def test_cloud_backends_benchmark_quick(profiled_bundle, tmp_path):
     before = (bundle / "profile.json").read_bytes()
     assert cloud_backends.main(["--bundle", str(bundle), "--data", str(images), "--seconds", "0.3",
                                 "--clients", "2", "--agreement-images", "8", "--profile-images", "8",
-                                "--json", str(out)]) == 0
+                                "--tail-rows", "16", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert {(row["backend"], row["where"]) for row in r["serving"]} == {
         (b, w) for b in ("tf", "litert") for w in ("early", "middle", "late")}
     assert all(row["req_s"] > 0 and row["errors"] == 0 for row in r["serving"])
+    assert {(row["backend"], row["where"], row["batch"]) for row in r["tail_only"]} == {
+        (b, w, n) for b in ("tf", "litert") for w in ("early", "middle", "late") for n in (1, 8, 16)}
+    assert all(row["ms_per_row"] > 0 for row in r["tail_only"])
+    assert set(r["tail_only_ratio_tf_over_litert"]) == {f"{w} batch {n}" for w in ("early", "middle", "late")
+                                                        for n in (1, 8, 16)}
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(r["agreement"]) == {s["name"] for s in manifest["splits"]}
     assert min(r["agreement"].values()) >= 0.875 and max(r["max_logit_diff"].values()) < 1e-3
