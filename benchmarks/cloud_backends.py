@@ -1,8 +1,8 @@
 """TensorFlow vs LiteRT tails on a CPU cloud: serving, agreement, and the profiler's time.
 
     python -m benchmarks.cloud_backends [--bundle build/fashion] [--data DIR] [--seconds 5]
-        [--clients 16] [--agreement-images 300] [--profile-images 100] [--tail-rows 400] [--skip-profile]
-        [--json PATH]
+        [--clients 16] [--workers 1] [--agreement-images 300] [--profile-images 100]
+        [--tail-rows 400] [--skip-profile] [--json PATH]
 
 In one run, on the same bundle:
 - serving: two real `python -m cloud_runtime` servers, `--tail-backend tf` and `litert`, up at
@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -47,13 +48,15 @@ def chosen_splits(manifest) -> dict[str, str]:
     return {"early": names[0], "middle": middle, "late": names[-1]}
 
 
-def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, logs: Path) -> list[dict]:
+def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, logs: Path,
+            server_args: Sequence[str] = ()) -> list[dict]:
     payloads = {name: make_payloads(bundle, name, 8) for name in splits.values()}
     servers: dict[str, CloudProcess] = {}
     rows = []
     try:
         for backend in BACKENDS:
-            servers[backend] = CloudProcess(bundle, logs / f"{backend}.log", ["--tail-backend", backend])
+            servers[backend] = CloudProcess(bundle, logs / f"{backend}.log",
+                                            ["--tail-backend", backend, *server_args])
             servers[backend].start(READY_TIMEOUT_S)
         for where, name in splits.items():
             for backend, server in servers.items():
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, help="folder of images (labels.csv) for a model other than the default")
     p.add_argument("--seconds", type=float, default=5.0, help="per backend and split")
     p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--workers", type=int, default=1, help="gunicorn workers of each server")
     p.add_argument("--agreement-images", type=int, default=300)
     p.add_argument("--profile-images", type=int, default=100)
     p.add_argument("--tail-rows", type=int, default=400, help="rows timed per backend, split and batch size "
@@ -191,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     splits = chosen_splits(manifest)
     report: dict = {"bundle": str(args.bundle), "model": manifest.model.name, "clients": args.clients,
+                    "workers": args.workers,
                     "seconds_per_run": args.seconds, "splits": splits, "loadavg_at_start": list(os.getloadavg()),
                     "bundle_bytes": bundle_sizes(args.bundle, manifest)}
-    print(f"serving, {args.clients} clients, {args.seconds:g} s per run")
-    report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs)
+    print(f"serving, {args.clients} clients, {args.workers} worker(s) per server, {args.seconds:g} s per run")
+    report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs, ["--workers", str(args.workers)])
     print("the tails alone, no HTTP")
     report["tail_only"] = tail_only(args.bundle, splits, args.tail_rows)
     print(f"agreement on {args.agreement_images} test scenes")
@@ -218,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         common.goal("profiler speed-up LiteRT/TF", speedup, ">=", 3, "x"),
         common.goal("worst top-1 agreement", min(report["agreement"].values()), ">=", 0.995),
     ]
-    common.print_table(f"Serving ({args.clients} clients; device /CPU:0)",
+    common.print_table(f"Serving ({args.clients} clients, {args.workers} worker(s); device /CPU:0)",
                        ["backend", "where", "split", "req/s", "p99 ms", "batch", "tail ms/req"],
                        [[r["backend"], r["where"], r["split"], r["req_s"], r["p99_ms"], r["batch_size_mean"],
                          r["tail_ms_per_request"]] for r in report["serving"]])
