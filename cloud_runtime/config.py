@@ -129,6 +129,17 @@ def token_warning(config: ServerConfig) -> str | None:
             "--certfile/--keyfile (tokens must only travel over TLS)")
 
 
+def workers_hint(workers: int, cores: int) -> str | None:
+    """What to tell an operator who serves a many-core machine with one gunicorn worker: on a CPU
+    the tails and the Python HTTP path of one worker leave cores idle (2 cores: 1.62x the
+    requests/s with 2 workers, `python -m benchmarks.scale_out`). A GPU server wants one worker
+    per GPU instead, which the master cannot see without importing TensorFlow; hence a hint."""
+    if workers != 1 or cores < 2:
+        return None
+    return (f"1 worker on {cores} cores: on a server without a GPU, --workers {cores} serves more "
+            "requests/s (each worker loads every tail; see cloud_runtime/README.md)")
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 

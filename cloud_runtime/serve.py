@@ -19,6 +19,7 @@ from cloud_runtime.config import (
     ConfigError,
     ServerConfig,
     token_warning,
+    workers_hint,
 )
 from cloud_runtime.connection import forget_request, remember_request
 from cloud_runtime.ray_engine import HTTP_PROXIES, LAYOUTS, PROXY_LOCATIONS, RayOptions
@@ -230,5 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         from cloud_runtime.ray_engine import serve_forever
 
         return serve_forever(config, ray_options, args.log_level)
+    from splitinfer.litert import default_num_threads
+
+    hint = workers_hint(config.workers, default_num_threads())
+    if hint is not None:
+        log.info(hint)
     _gunicorn_app(config, args.log_level).run()
     return 0

@@ -622,3 +622,11 @@ def test_tail_threads_come_from_the_command_line():
     assert config_from_args(parser.parse_args(["--bundle", "x", "--tail-threads", "1"])).tail_threads == 1
     with pytest.raises(ConfigError, match="tail_threads must be an integer >= 1"):
         config_from_args(parser.parse_args(["--bundle", "x", "--tail-threads", "0"]))
+
+
+def test_one_worker_on_many_cores_gets_a_hint():
+    from cloud_runtime.config import workers_hint
+
+    assert workers_hint(1, 1) is None
+    assert workers_hint(2, 2) is None and workers_hint(4, 2) is None
+    assert "--workers 8" in workers_hint(1, 8)
