@@ -145,6 +145,9 @@ class _Run:
         self.uplink = Uplink(trace, self.rtt_s, start_s=self.t_begin, cwnd0=prm.cwnd0,
                              idle_restart_s=prm.idle_restart_s)
         self.in_flight: list[float] = []   # heap: answer times of offloaded frames in flight
+        # heap: (failed at, run s, frame index) of failed uploads whose local run has not had the
+        # board yet: the board goes on with the next frames meanwhile (`_settle_fallbacks`)
+        self.fallback_runs: list[tuple[float, float, int]] = []
         self.events = Events()
         self.choice = self._policy(sched_params)
         self.records: list[FrameRecord] = []
@@ -196,7 +199,7 @@ class _Run:
             if len(self.records if keep_timeline else self.lat) >= prm.frames:
                 break
             arrival = self.t_begin + n / prm.fps if prm.fps else None
-            ready = self.device_free
+            ready = self._settle_fallbacks(arrival)
             if arrival is not None:
                 if ready - arrival > 1.0 / prm.fps:  # a camera keeps only its latest frame
                     self.dropped += 1
@@ -206,6 +209,22 @@ class _Run:
                 break
             self.events.flush(ready)
             self._frame(ready, arrival, keep_timeline)
+
+    def _settle_fallbacks(self, arrival: float | None) -> float:
+        """When the board is ready for the next frame, after the local runs of the uploads that
+        failed by then: each takes the board from its failure, or from the end of the run the
+        board was in (the runtime's device lock), and fixes its frame's answer time."""
+        while True:
+            ready = self.device_free if arrival is None else max(self.device_free, arrival)
+            if not self.fallback_runs or self.fallback_runs[0][0] > ready:
+                return self.device_free
+            failed_s, run_s, i = heapq.heappop(self.fallback_runs)
+            self.device_free = done = max(self.device_free, failed_s) + run_s
+            self.lat[i] += (done - self.dones[i]) * 1e3
+            self.dones[i] = done
+            self.last_done = max(self.last_done or done, done)
+            if i < len(self.records):
+                self.records[i] = replace(self.records[i], done_s=done, latency_ms=self.lat[i])
 
     def _frame(self, t0: float, arrival: float | None, keep_timeline: bool) -> None:
         """One frame through device, uplink and cloud, from `t0` (the device is free)."""
@@ -253,8 +272,12 @@ class _Run:
                     failed = True
                     self.failures += 1
                     choice.on_failure(up.end_s)
-                    start = max(up.end_s, self.device_free)
-                    self.device_free = done = start + full.head_ms * self.noise() / 1e3
+                    # As the runtime does: the board went on with the next frames while this
+                    # upload hung, and the sender runs the frame on it once the upload failed,
+                    # between two of them. `done` is settled when the run gets the board.
+                    run_s = full.head_ms * self.noise() / 1e3
+                    done = up.end_s + run_s
+                    heapq.heappush(self.fallback_runs, (up.end_s, run_s, len(self.lat)))
                 heapq.heappush(self.in_flight, done)
         self.fallback_frames += pick.fallback
         self.first_t = t_arr if self.first_t is None else self.first_t

@@ -82,6 +82,21 @@ def test_outage_falls_back_and_recovers(table):
     assert s["throughput_fps"] > cloud["throughput_fps"]
 
 
+def test_the_board_goes_on_while_a_failed_upload_waits_out_its_timeout(table):
+    """As the runtime does: a sender waits for the failing upload, the frame loop does not; the
+    frame's local run takes the board once the upload has failed."""
+    tr = outage(30.0, 10.0, 20.0, 40.0)
+    res = simulate(table, tr, Policy.DYNO, THR, SLO, SimParams(frames=10_000, duration_s=35.0))
+    full_s = table.configs[table.full_index].head_ms / 1e3
+    failed = [r for r in res.timeline if r.failed]
+    assert failed
+    for f in failed:
+        waited = [r for r in res.timeline if f.t_s < r.t_s < f.done_s - 2 * full_s]
+        assert len(waited) >= (f.done_s - f.t_s) / full_s / 2, (f, len(waited))
+    # the answer comes after the local run, which starts no earlier than the failure
+    assert all(f.latency_ms >= 1e3 * full_s for f in failed)
+
+
 def test_static_fallback_runs_the_cloud_policy_as_the_edge_runtime_does(table):
     """Pinned to its configuration, but on the device while the cloud is down, then back."""
     tr = outage(30.0, 10.0, 20.0, 40.0)
