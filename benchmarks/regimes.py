@@ -18,7 +18,7 @@ upload when the window closes costs latency, not throughput).
 In-flight limit: every policy in a cell gets the same one, 6 frames by default (the edge
 runtime's). `--depth bdp` sizes it to the link's bandwidth-delay product in the smallest payload
 within the accuracy SLO, between 6 and 64 frames (`depth_for`): that lifts cloud-only on fast
-links more than dyno (2026-12-07: goals met in 87 of 108 cells against 106 at 6), so it is a
+links more than dyno (2026-12-07: goals met in 102 of 108 cells against 108 at 6), so it is a
 what-if, not the default.
 
 Writes JSON (`--json`, default benchmarks/results/regimes.json) and a heat map PNG next to it:
