@@ -42,7 +42,7 @@ from benchmarks._common import RESULTS, ROOT, check_bundle
 from scheduler import devices
 from scheduler.bundle import Bundle, load_bundle
 from scheduler.core import Objective, Slo, Where
-from scheduler.links import LINKS, link_class, link_trace
+from scheduler.links import LINKS, link_class, link_trace, traces_dir
 from scheduler.sim_policies import raw_input_table
 from scheduler.simulate import Policy, SimParams, simulate
 
@@ -162,6 +162,17 @@ def plot(cells: list[dict], models: list[str], devs: list[str], links: list[str]
     plt.close(fig)
 
 
+def trace_note(cells: list[dict]) -> str | None:
+    """One line naming the links whose recording was missing, so that synthetic stand-ins are
+    never mistaken for the recordings (the map differs between the two)."""
+    missing = sorted({c["link"] for c in cells if link_class(c["link"]).recording is not None
+                      and not str(c.get("trace", "")).startswith("recording")})
+    if not missing:
+        return None
+    return (f"note: no recording under {traces_dir()} for {', '.join(missing)}: synthetic traces "
+            "stand in (set $SPLITINFER_TRACES to the folder of the recordings)")
+
+
 def print_table(cells: list[dict]) -> None:
     head = (f"{'model':10s} {'device':11s} {'link':8s} {'depth':>5s} | "
             + " ".join(f"{p[:7]:>7s}" for p in POLICIES)
@@ -253,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(args.links)} links, GPU cloud, throughput objective, drop <= {MAX_DROP_PP} pp, "
           f"{args.duration_s:g} s of trace per run ({wall:.0f} s)")
     print_table(cells)
+    note = trace_note(cells)
+    if note is not None:
+        print(note)
     head = headlines(cells)
     print(f"\nheadlines: best dyno/device {head['best_dyno/device']['value']:.1f}x "
           f"({head['best_dyno/device']['device']}, {head['best_dyno/device']['link']}); "

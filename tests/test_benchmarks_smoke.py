@@ -228,3 +228,16 @@ def test_live_fleet_answers_every_frame_once(profiled_bundle, tmp_path):
 
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert f"sf{os.getpid() % 10000}" not in listed, listed  # FleetNet's default name here
+
+
+def test_the_regime_map_says_when_synthetic_traces_stand_in_for_recordings():
+    from benchmarks import regimes
+    from scheduler.links import LINKS
+
+    recorded = next(name for name, link in LINKS.items() if link.recording is not None)
+    unrecorded = [name for name, link in LINKS.items() if link.recording is None]
+    assert regimes.trace_note([{"link": recorded, "trace": "recording /x/y.up"}]) is None
+    if unrecorded:  # a class with no recording is synthetic by design: nothing to say
+        assert regimes.trace_note([{"link": unrecorded[0], "trace": "synthetic seed 0"}]) is None
+    note = regimes.trace_note([{"link": recorded, "trace": "synthetic seed 0"}])
+    assert note is not None and recorded in note and "SPLITINFER_TRACES" in note
