@@ -74,23 +74,32 @@ def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, 
     return rows
 
 
-def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, dict]:
-    """Per split: top-1 agreement of the LiteRT tail with the TensorFlow tail, and the largest
-    logit difference, on the heads' activations of the first `images` test scenes."""
+def tail_backends(bundle: Path) -> tuple[dict, dict]:
+    """The bundle's tails by split, and both backends started, as the cloud builds them; built
+    once and shared by the measurements (starting TensorFlow and loading tails twice is slow)."""
     from cloud_runtime.litert_backend import LiteRTTailBackend
     from cloud_runtime.registry import ModelRegistry
     from cloud_runtime.tf_backend import KerasTailBackend
+
+    tails = {t.split: t for t in ModelRegistry.from_bundles([str(bundle)]).tails()}
+    backends = {"tf": KerasTailBackend(), "litert": LiteRTTailBackend()}
+    for backend in backends.values():
+        backend.start()
+    return tails, backends
+
+
+def agreement(bundle: Path, prepared: tuple[dict, dict], images: int, data: Path | None = None) -> dict[str, dict]:
+    """Per split: top-1 agreement of the LiteRT tail with the TensorFlow tail, and the largest
+    logit difference, on the heads' activations of the first `images` test scenes."""
     from converter.datasets import load_dataset
     from splitinfer.litert import HeadFiles
 
     manifest = load_manifest(bundle)
     data = load_dataset(manifest, data, limit=images, calibration=1).images
-    registry = ModelRegistry.from_bundles([str(bundle)])
-    lite, tf_backend = LiteRTTailBackend(), KerasTailBackend()
-    lite.start()
-    tf_backend.start()
+    tails, backends = prepared
+    tf_backend, lite = backends["tf"], backends["litert"]
     out = {}
-    for tail in registry.tails():
+    for tail in tails.values():
         split = manifest.split(tail.split)
         if split.head is None:
             acts = data
@@ -107,17 +116,10 @@ def agreement(bundle: Path, images: int, data: Path | None = None) -> dict[str, 
     return out
 
 
-def tail_only(bundle: Path, splits: dict[str, str], rows_timed: int = 400) -> list[dict]:
+def tail_only(prepared: tuple[dict, dict], splits: dict[str, str], rows_timed: int = 400) -> list[dict]:
     """Median ms per row of each backend's tail at each batch size, the backends alternating call
     by call (so a burst of load hits both alike), without HTTP, decoding or batching waits."""
-    from cloud_runtime.litert_backend import LiteRTTailBackend
-    from cloud_runtime.registry import ModelRegistry
-    from cloud_runtime.tf_backend import KerasTailBackend
-
-    tails = {t.split: t for t in ModelRegistry.from_bundles([str(bundle)]).tails()}
-    backends = {"tf": KerasTailBackend(), "litert": LiteRTTailBackend()}
-    for backend in backends.values():
-        backend.start()
+    tails, backends = prepared
     rows, rng = [], np.random.default_rng(0)
     for where, name in splits.items():
         tail = tails[name]
@@ -200,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                     "bundle_bytes": bundle_sizes(args.bundle, manifest)}
     print(f"serving, {args.clients} clients, {args.workers} worker(s) per server, {args.seconds:g} s per run")
     report["serving"] = serving(args.bundle, splits, args.clients, args.seconds, logs, ["--workers", str(args.workers)])
-    print("the tails alone, no HTTP")
-    report["tail_only"] = tail_only(args.bundle, splits, args.tail_rows)
-    print(f"agreement on {args.agreement_images} test scenes")
     try:
-        agree = agreement(args.bundle, args.agreement_images, args.data)
+        prepared = tail_backends(args.bundle)
+        print("the tails alone, no HTTP")
+        report["tail_only"] = tail_only(prepared, splits, args.tail_rows)
+        print(f"agreement on {args.agreement_images} test scenes")
+        agree = agreement(args.bundle, prepared, args.agreement_images, args.data)
     except (BundleError, ValueError, OSError) as e:
         return common.fail(str(e).splitlines()[0])
     report["agreement"] = {k: v["agreement"] for k, v in agree.items()}

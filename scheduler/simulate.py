@@ -222,7 +222,7 @@ class _Run:
             self.device_free = done = max(self.device_free, failed_s) + run_s
             self.lat[i] += (done - self.dones[i]) * 1e3
             self.dones[i] = done
-            self.last_done = max(self.last_done or done, done)
+            self.last_done = done if self.last_done is None else max(self.last_done, done)
             if i < len(self.records):
                 self.records[i] = replace(self.records[i], done_s=done, latency_ms=self.lat[i])
 
