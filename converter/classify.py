@@ -14,7 +14,7 @@ from splitinfer.litert import load_interpreter, run_tail
 from splitinfer.quiet import import_tensorflow
 
 TAIL_BACKENDS = ("auto", "litert", "tf")
-TAIL_BATCH_VALUES = 1 << 16  # `tail_batch`
+TAIL_BATCH_VALUES = 1 << 20  # `tail_batch`
 
 
 def predict(model, images: np.ndarray, batch: int) -> np.ndarray:
@@ -60,11 +60,12 @@ def _tails_interpreter(path: Path):
 
 
 def tail_batch(shape: Sequence[int]) -> int:
-    """Images per TFLite tail call: about TAIL_BATCH_VALUES input values, at most 64. Bigger
-    batches of a wide early activation run slower per image on XNNPACK (measured at the default
-    model's 80x80x16 split, 2 threads: 1.23 ms an image at batch 1, 1.46 at 50), while small
-    late tails gain from batching (0.22 vs 0.20 ms at 5x5x160)."""
-    return int(np.clip(TAIL_BATCH_VALUES // max(int(np.prod(shape)), 1), 1, 64))
+    """Images per TFLite tail call: about TAIL_BATCH_VALUES input values, from 1 to 16.
+    Measured on the default model's tails (XNNPACK, 2 threads, 1,700 rows a split), batches of
+    about 16 run fastest at every split: at 80x80x16, 1.30 ms a row at batch 1, 1.11 at 16 and
+    1.32 at 64 (a batch of 64 wide activations no longer fits the caches); at 10x10x48, 0.76
+    at batch 1 and 0.46 at 16."""
+    return int(np.clip(TAIL_BATCH_VALUES // max(int(np.prod(shape)), 1), 1, 16))
 
 
 class LiteTail:

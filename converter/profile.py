@@ -346,9 +346,11 @@ def measure_split(manifest, split, head, tail, ranges, images: np.ndarray,
 
     The tail classifies one chunk's decoded variants on a second thread while this one runs the
     head and the codec on the next chunk: the codec is single-threaded Python and numpy, so the
-    two overlap on two cores. `pool` is that thread (one worker; a new one if None). With
-    `unfinished`, the futures of the last chunk are appended to it rather than waited for: the
-    answers are complete once they are done."""
+    two overlap on two cores. (A second codec thread measured no faster on two cores, with the
+    tail busy, and its GIL hand-offs put 1.4x into the measured pack times.) `pool` is the
+    tail's thread (one worker; a new one if None). With `unfinished`, the futures of the last
+    chunk are appended to it rather than waited for: the answers are complete once they are
+    done."""
     if pool is None:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tail") as own:
             return measure_split(manifest, split, head, tail, ranges, images, variants, batch_size,
@@ -416,20 +418,24 @@ def _round_trip(manifest, split, acts: np.ndarray, bits: int, variant: str, own,
     Only the first UNPACK_SAMPLE payloads of a variant are decoded (`unpack`): they time the
     cloud's side and check, bit for bit, the values `pack_with_values` predicts, which stand in
     for decoding the rest (decoding cost as much as packing). A mismatch, which would be a codec
-    bug, falls back to decoding every payload."""
+    bug, falls back to decoding every payload.
+
+    Times are this thread's CPU time (`time.thread_time`): the codec is single-threaded, so that
+    is what it costs, whatever else shares the cores (the tail's thread classifying the previous
+    chunk). Wall time had counted the waits for a core into the pack times the board is padded to."""
     decoded = np.empty_like(acts)
     for i, a in enumerate(acts):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         payload, values = codec.pack_with_values(
             a, bits, model_sha256=manifest.model.sha256, split_index=split.index,
             **codec.variant_kwargs(variant, bits, own))
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         m["bytes"].append(len(payload))
         m["pack_s"].append(t1 - t0)
         if len(m["unpack_s"]) < UNPACK_SAMPLE or not m["values_match"]:
-            t1 = time.perf_counter()
+            t1 = time.thread_time()
             decoded[i] = codec.unpack(payload, ranges=own if variant in codec.REFERENCED_PARAMS else None)
-            m["unpack_s"].append(time.perf_counter() - t1)
+            m["unpack_s"].append(time.thread_time() - t1)
             if m["values_match"] and not np.array_equal(values(), decoded[i]):
                 m["values_match"] = False
                 print(f"warning: {split.name} {bits} bits {variant}: pack_with_values differs from "

@@ -143,10 +143,11 @@ def test_a_variant_is_screened_out_only_when_clearly_over_the_screen():
 def test_tail_batch_keeps_wide_activations_alone_and_batches_small_ones():
     from converter.classify import tail_batch
 
-    assert tail_batch((80, 80, 16)) == 1  # the default model's early split
-    assert tail_batch((10, 10, 64)) == 10
-    assert tail_batch((1280,)) == 51
-    assert tail_batch((10,)) == 64  # at most 64
+    assert tail_batch((112, 112, 96)) == 1  # over a million values: alone
+    assert tail_batch((80, 80, 16)) == 10  # the default model's early split
+    assert tail_batch((40, 40, 96)) == 6
+    assert tail_batch((10, 10, 64)) == 16  # at most 16
+    assert tail_batch((10,)) == 16
 
 
 @pytest.mark.slow
