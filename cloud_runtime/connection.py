@@ -105,11 +105,15 @@ class Watchdog:
     def arm(self, sock: socket.socket, at: float) -> Alarm:
         alarm = Alarm(at, next(self._seq), sock)
         with self._cond:
+            # The thread already wakes by the earliest alarm (a cancelled one is popped then):
+            # waking it for every request, whose deadline comes later, cost a thread switch each.
+            wake = not self._heap or alarm < self._heap[0]
             heapq.heappush(self._heap, alarm)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="body-deadlines", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         return alarm
 
     def disarm(self, alarm: Alarm) -> bool:

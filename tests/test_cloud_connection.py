@@ -91,6 +91,33 @@ def test_the_watchdog_ends_a_blocked_read_at_the_deadline():
         b.close()
 
 
+def test_the_watchdog_keeps_every_deadline_whatever_order_they_come_in():
+    """Arming wakes the watchdog's thread only for a deadline earlier than all pending ones: a
+    nearer deadline armed behind a far one, and one armed behind a cancelled one, still fire."""
+    import socket
+    import time
+
+    from cloud_runtime.connection import Watchdog
+
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        dog = Watchdog()
+        far = dog.arm(pairs[0][0], time.monotonic() + 60)
+        near = dog.arm(pairs[1][0], time.monotonic() + 0.1)
+        pairs[1][0].settimeout(30)
+        assert pairs[1][0].recv(10) == b""  # woken by the shutdown at 0.1 s, not the 30 s timeout
+        dropped = dog.arm(pairs[2][1], time.monotonic() + 0.05)
+        dog.disarm(dropped)
+        behind = dog.arm(pairs[2][0], time.monotonic() + 0.15)
+        pairs[2][0].settimeout(30)
+        assert pairs[2][0].recv(10) == b""
+        assert near.fired and behind.fired and not dropped.fired and not far.fired
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_a_deadline_that_fires_as_the_body_completes_is_a_408():
     """The watchdog shut the read side while the last bytes came in: the body is complete, but
     the connection could not carry another request, so the answer is 408 and a close."""
