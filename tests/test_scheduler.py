@@ -26,7 +26,7 @@ from scheduler.core import (
     estimate,
     estimate_all,
 )
-from scheduler.estimators import BandwidthEstimator, Ewma, harmonic_mean, robust_rate
+from scheduler.estimators import BandwidthEstimator, Ewma, harmonic_mean, robust_rate, size_slope_rate
 from scheduler.scheduler import Scheduler, SchedulerParams
 from splitinfer.bundle.profile import load_profile
 from splitinfer.errors import FormatError
@@ -114,6 +114,42 @@ def test_bandwidth_estimator_follows_a_step_in_a_few_samples():
     for i in range(3):
         b.add(1.0 + i * 0.1, 50_000, 50_000 * 8 / 1e6)
     assert b.estimate_bps == pytest.approx(1e6, rel=0.05)
+
+
+@given(st.floats(min_value=1e5, max_value=1e9), st.floats(min_value=0.0, max_value=0.5),
+       st.floats(min_value=0.0, max_value=1900.0),
+       st.lists(st.floats(min_value=2000.0, max_value=10_000.0), min_size=4, max_size=12),
+       st.lists(st.floats(min_value=20_000.0, max_value=60_000.0), min_size=4, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_the_size_slope_reads_the_rate_whatever_every_upload_pays_alike(rate, fixed_s, free_bytes, small, large):
+    """Uploads of spread sizes over a link of `rate`: a fixed time (RTT, overheads) and bytes
+    that pass for free (a token bucket's burst) shift every time alike; the slope is the rate."""
+    sizes = small + large
+    seconds = [fixed_s + (n - free_bytes) * 8 / rate for n in sizes]
+    assert size_slope_rate(sizes, seconds) == pytest.approx(rate, rel=1e-6)
+
+
+def test_the_size_slope_needs_spread_sizes_and_shrugs_off_a_few_queued_uploads():
+    assert size_slope_rate([6000.0] * 20, [0.05] * 20) is None            # one size: no slope
+    assert size_slope_rate([6000.0, 7000.0] * 10, [0.05, 0.051] * 10) is None  # barely spread
+    sizes = [3000.0 + 250.0 * i for i in range(20)]
+    seconds = [0.040 + n * 8 / 8e6 for n in sizes]
+    for i in (3, 11, 17):   # three stuck behind other traffic
+        seconds[i] += 0.2
+    assert size_slope_rate(sizes, seconds) == pytest.approx(8e6, rel=0.05)
+
+
+def test_small_jpegs_through_a_token_bucket_measure_the_link_not_the_burst():
+    """The demo's tc link at a constant 8 Mbit/s: 3-8 kB frames, the first 1.6 kB of each let
+    through at once, over a 40.3 ms path that pings measure at 42.7 ms (their own overheads).
+    Each frame alone read 10-35 Mbit/s, and the estimate sat at 12-20 Mbit/s."""
+    rng = np.random.default_rng(0)
+    b = BandwidthEstimator()
+    for i in range(60):
+        n = float(rng.uniform(3000, 8000))
+        seconds = 0.0403 + (n - 1600) * 8 / 8e6 + float(rng.uniform(0, 0.0015))
+        b.add(i * 0.013, n, seconds, rtt_s=0.0427)
+    assert b.estimate_bps == pytest.approx(8e6, rel=0.1)
 
 
 def test_ewma():
@@ -549,7 +585,8 @@ def test_offloading_with_only_small_uploads_probes_with_a_payload_long_enough_to
     assert s.chosen.where is not Where.DEVICE
     assert not s.probe_due(t)                   # the link was measured within measure_interval_s
     # from now on only tiny payloads: each is a lower bound (RTT-dominated), none measures
-    for _ in range(int(s.p.measure_interval_s / 0.02) + 5):
+    # (once the window's 5 kB ones are gone: with them, sizes spread and their slope measures)
+    for _ in range(int(s.p.measure_interval_s / 0.02) + s.bandwidth.window + 5):
         s.observe_rtt(t, 60.0)
         s.observe_upload(t, 300, 300 * 8 / 30e6 + 0.06)
         t += 0.02
