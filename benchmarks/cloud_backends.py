@@ -65,7 +65,8 @@ def serving(bundle: Path, splits: dict[str, str], clients: int, seconds: float, 
                 rows.append({"backend": backend, "split": name, "where": where, "req_s": run["rps"],
                              "p99_ms": run["p99_ms"], "p50_ms": run["p50_ms"],
                              "batch_size_mean": run["batch_size_mean"],
-                             "tail_ms_per_request": run["tail_ms_per_request"], "errors": run["errors"]})
+                             "tail_ms_per_request": run["tail_ms_per_request"], "errors": run["errors"],
+                             "client_cpu_ms_per_request": run["client_cpu_ms_per_request"]})
                 print(f"  {backend:6s} {where:6s} {name:26s} {run['rps']:7.1f} req/s, p99 {run['p99_ms']:.1f} ms",
                       flush=True)
     finally:
@@ -138,6 +139,15 @@ def tail_only(prepared: tuple[dict, dict], splits: dict[str, str], rows_timed: i
                 rows.append({"backend": b, "split": name, "where": where, "batch": batch,
                              "ms_per_row": round(float(np.median(times[b])) * 1e3 / batch, 4)})
     return rows
+
+
+def serving_ceiling(tf_ms: float, litert_ms: float, shared_ms: float, goal: float = 3.0) -> dict:
+    """How far LiteRT/TF req/s can go when every request also pays `shared_ms` of machine time
+    that does not depend on the backend (HTTP, decoding, answering, the load generator): the
+    tails' ms per row plus that, as a ratio. And the most shared time that still leaves `goal`:
+    (tf + s) / (litert + s) >= goal  <=>  s <= (tf - goal * litert) / (goal - 1)."""
+    return {"ceiling": round((tf_ms + shared_ms) / (litert_ms + shared_ms), 3),
+            "shared_ms_for_goal": round((tf_ms - goal * litert_ms) / (goal - 1), 4)}
 
 
 def profile_time(bundle: Path, images: int, logs: Path, data: Path | None = None) -> list[dict]:
@@ -238,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
                        [[w, b, ms[("tf", w, b)], ms[("litert", w, b)],
                          report["tail_only_ratio_tf_over_litert"][f"{w} batch {b}"]]
                         for w in splits for b in TAIL_BATCHES], digits=3)
+    # The load generator shares this machine: its CPU per request, over the cores, is machine time
+    # each request costs either backend. Added to the tails alone at the batch 16 clients make:
+    middle = next(r for r in report["serving"] if r["backend"] == "litert" and r["where"] == "middle")
+    batch = min(TAIL_BATCHES, key=lambda b: abs(b - middle["batch_size_mean"]))
+    client_ms = middle["client_cpu_ms_per_request"] / (os.cpu_count() or 1)
+    report["middle_ceiling"] = {"batch": batch, "client_machine_ms_per_request": round(client_ms, 4),
+                                **serving_ceiling(ms[("tf", "middle", batch)], ms[("litert", "middle", batch)],
+                                                  client_ms)}
+    c = report["middle_ceiling"]
+    print(f"\nmiddle split: the tails alone at batch {batch} with only the load generator's share "
+          f"({client_ms:.3f} ms of machine time a request) cap LiteRT/TF at {c['ceiling']:.2f}x; 3x "
+          f"leaves at most {c['shared_ms_for_goal']:.3f} ms a request for everything outside the tails")
     common.print_table(f"Agreement, LiteRT vs TensorFlow tails ({args.agreement_images} test scenes)",
                        ["split", "top-1 agreement", "max logit diff"],
                        [[k, v["agreement"], f"{v['max_logit_diff']:.2e}"] for k, v in agree.items()], digits=4)

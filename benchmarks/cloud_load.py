@@ -87,10 +87,12 @@ def drive(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict
         t.start()
     deadline[0] = time.perf_counter() + seconds
     t_start = time.perf_counter()
+    cpu_start = time.process_time()  # this process is the load generator: its CPU is not the server's
     start.wait()
     for t in threads:
         t.join(seconds + 60)
     elapsed = time.perf_counter() - t_start
+    client_cpu_s = time.process_time() - cpu_start
     flat = [x for r in results for x in r]
     ok = [(lat, b) for lat, b in flat if b is not None]
     lat_ms = np.array([1e3 * lat for lat, _ in ok]) if ok else np.array([np.nan])
@@ -108,6 +110,7 @@ def drive(url: str, payloads: list[bytes], clients: int, seconds: float) -> dict
         "decode_ms_mean": round(mean("decode_ms"), 3), "queue_ms_mean": round(mean("queue_ms"), 3),
         "tail_ms_mean": round(mean("tail_ms"), 3), "tail_ms_per_request": round(tail_per_req, 3),
         "server_total_ms_mean": round(mean("total_ms"), 3),
+        "client_cpu_ms_per_request": round(1e3 * client_cpu_s / len(ok), 4) if ok else None,
         "decode_share_of_tail": round(mean("decode_ms") / mean("tail_ms"), 3) if ok else None,
     }
 

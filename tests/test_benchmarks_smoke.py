@@ -136,6 +136,17 @@ def test_cloud_backends_benchmark_quick(profiled_bundle, tmp_path):
     assert [p["backend"] for p in r["profile"]] == ["litert", "tf"] and all(p["seconds"] > 0 for p in r["profile"])
     assert r["bundle_bytes"]["tails_tflite"] > 0
     assert (bundle / "profile.json").read_bytes() == before  # profiled a copy, not the user's bundle
+    assert all(row["client_cpu_ms_per_request"] > 0 for row in r["serving"])
+    assert r["middle_ceiling"]["batch"] in (1, 8, 16) and r["middle_ceiling"]["ceiling"] > 0
+
+
+def test_the_serving_ceiling_is_the_tails_ratio_diluted_by_what_every_request_shares():
+    tails_alone = cloud_backends.serving_ceiling(1.839, 0.536, 0.0)
+    assert tails_alone["ceiling"] == pytest.approx(1.839 / 0.536, abs=1e-3)
+    budget = tails_alone["shared_ms_for_goal"]
+    assert budget == pytest.approx((1.839 - 3 * 0.536) / 2, abs=1e-4)
+    assert cloud_backends.serving_ceiling(1.839, 0.536, budget)["ceiling"] == pytest.approx(3.0, abs=1e-3)
+    assert cloud_backends.serving_ceiling(1.839, 0.536, 2 * budget)["ceiling"] < 3.0
 
 
 def test_scale_out_configs_parse_or_fail_in_words():
