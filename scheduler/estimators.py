@@ -6,6 +6,7 @@ recent samples.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -61,21 +62,15 @@ def size_slope_rate(nbytes: Sequence[float], seconds: Sequence[float], min_sampl
     order = sorted(range(n), key=lambda i: nbytes[i])
     third = max(n // 3, 1)
     low, high = [nbytes[i] for i in order[:third]], [nbytes[i] for i in order[-third:]]
-    if _median(high) < min_spread * _median(low):
+    if statistics.median(high) < min_spread * statistics.median(low):
         return None
-    gap = 0.1 * _median(list(nbytes))  # pairs closer in size than this say more about jitter
+    gap = 0.1 * statistics.median(nbytes)  # pairs closer in size than this say more about jitter
     slopes = [(seconds[j] - seconds[i]) / (nbytes[j] - nbytes[i])
               for a, i in enumerate(order) for j in order[a + 1:] if nbytes[j] - nbytes[i] > gap]
     if len(slopes) < min_pairs or sum(x > 0 for x in slopes) < 2 * len(slopes) / 3:
         return None
-    slope = _median(slopes)
+    slope = statistics.median(slopes)
     return 8.0 / slope if slope > 0 else None
-
-
-def _median(xs: Sequence[float]) -> float:
-    srt = sorted(xs)
-    n = len(srt)
-    return srt[n // 2] if n % 2 else 0.5 * (srt[n // 2 - 1] + srt[n // 2])
 
 
 @dataclass(frozen=True)
@@ -85,7 +80,7 @@ class UploadSample:
     seconds: float     # transfer time net of one RTT
     rate_bps: float
     small: bool
-    gross_s: float = 0.0  # the time as measured, RTT included (`size_slope_rate`)
+    gross_s: float     # the time as measured, RTT included (`size_slope_rate`)
 
 
 class BandwidthEstimator:
